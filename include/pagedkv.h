@@ -1,0 +1,296 @@
+/*
+ * pagedkv.h — the stable C API of libpagedkv.
+ *
+ * pagedkv owns the paged KV cache of an LLM inference engine: it writes new keys and values
+ * into paged blocks (converting or quantizing on the way) and reads them back (dequantizing).
+ * This header is C99, needs no CUDA header, and is the reference manual: every function
+ * documents its arguments, the statuses it returns, and its stream and threading behaviour.
+ *
+ * Conventions (docs/conventions.md):
+ *  - Every function returns pkv_status; on failure pkv_last_error_message() says why, and no
+ *    buffer has been touched.
+ *  - Enqueueing functions take a pkv_stream last. They never synchronize, never allocate and
+ *    never query the device, so they can be captured in a CUDA graph. Device faults surface at
+ *    the caller's next stream synchronization.
+ *  - The caller makes the cache's CUDA device current before an enqueueing call (as with any
+ *    CUDA library working on raw pointers); the stream must belong to that device.
+ *  - Params / descriptor structs start with `size_t struct_size`; 0 in a field means the library
+ *    default. Initialize them with the *_INIT macros or *_init() functions.
+ *  - All sizes, strides and offsets are int64_t. Enum values are pinned and never reused.
+ */
+#ifndef PAGEDKV_H
+#define PAGEDKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- export ------------------ */
+#if defined(_WIN32)
+#  if defined(PKV_BUILDING)
+#    define PKV_API __declspec(dllexport)
+#  elif defined(PKV_SHARED)
+#    define PKV_API __declspec(dllimport)
+#  else
+#    define PKV_API
+#  endif
+#elif defined(__GNUC__) || defined(__clang__)
+#  define PKV_API __attribute__((visibility("default")))
+#else
+#  define PKV_API
+#endif
+
+/* ---------------------------------------------------------------- version ----------------- */
+#define PKV_VERSION_MAJOR 0
+#define PKV_VERSION_MINOR 1
+#define PKV_VERSION_PATCH 0
+/** Encoding fixed forever: MAJOR*10000 + MINOR*100 + PATCH. */
+#define PKV_VERSION (PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH)
+#define PKV_VERSION_STRING "0.1.0"
+/** True when the header is at least version M.m.p. */
+#define PKV_VERSION_CHECK(M, m, p) (PKV_VERSION >= ((M) * 10000 + (m) * 100 + (p)))
+/** The SONAME's ABI number: libpagedkv.so.<PKV_ABI_VERSION>. */
+#define PKV_ABI_VERSION "0.1"
+
+/** Runtime version of the loaded library, encoded as PKV_VERSION. Thread-safe. */
+PKV_API uint32_t pkv_version(void);
+/** Runtime version string ("0.1.0"). Static storage, never NULL. Thread-safe. */
+PKV_API const char *pkv_version_string(void);
+/**
+ * Build facts as one line of `key=value` pairs separated by spaces, e.g.
+ * "version=0.1.0 cuda=13.0 cuda_archs=80,90 openmp=1 compiler=gcc-12.2". `cuda=none` when the
+ * library was built without CUDA. Static storage, never NULL. Thread-safe.
+ */
+PKV_API const char *pkv_build_info(void);
+
+/* ---------------------------------------------------------------- status ------------------ */
+typedef enum pkv_status {
+    PKV_SUCCESS = 0,
+    PKV_ERROR_INVALID_ARGUMENT = 1,     /**< a NULL pointer, bad shape, stride, dtype, value */
+    PKV_ERROR_INVALID_STATE = 2,        /**< the call is not valid for the object's state */
+    PKV_ERROR_OUT_OF_HOST_MEMORY = 3,
+    PKV_ERROR_OUT_OF_DEVICE_MEMORY = 4,
+    PKV_ERROR_OUT_OF_BLOCKS = 5,        /**< pool exhausted; recoverable, nothing changed */
+    PKV_ERROR_NOT_SUPPORTED = 6,        /**< valid request this build / device cannot serve */
+    PKV_ERROR_CUDA = 7,                 /**< a CUDA runtime call or launch failed */
+    PKV_ERROR_STRUCT_SIZE = 8,          /**< struct_size unset, too small, or unknown tail set */
+    PKV_ERROR_BUSY = 9,                 /**< object still has live dependants */
+    PKV_ERROR_INTERNAL = 10,            /**< a bug in pagedkv; please report it */
+    PKV_STATUS_FORCE32 = 0x7FFFFFFF
+} pkv_status;
+
+/** Static name of a status ("PKV_ERROR_INVALID_ARGUMENT"); "PKV_STATUS_UNKNOWN" for other values. */
+PKV_API const char *pkv_status_string(pkv_status status);
+/**
+ * Message of the last failing pkv_* call on this thread, with context
+ * ("pkv_write_kv: slot_mapping dtype must be int32 or int64, got bf16"). Never NULL; "" when
+ * the last call succeeded. Owned by the library, valid until the next pkv_* call on this thread.
+ */
+PKV_API const char *pkv_last_error_message(void);
+/** Raw cudaError_t of the last PKV_ERROR_CUDA on this thread (0 if none). */
+PKV_API int pkv_last_cuda_error(void);
+
+/* ---------------------------------------------------------------- dtypes, devices --------- */
+typedef enum pkv_dtype {
+    PKV_DTYPE_F32 = 0,
+    PKV_DTYPE_F16 = 1,
+    PKV_DTYPE_BF16 = 2,
+    PKV_DTYPE_FP8_E4M3 = 3,  /**< OCP e4m3fn: max 448, no infinities */
+    PKV_DTYPE_FP8_E5M2 = 4,  /**< OCP e5m2: max 57344 */
+    PKV_DTYPE_INT8 = 5,
+    PKV_DTYPE_UINT8 = 6,
+    PKV_DTYPE_INT32 = 7,
+    PKV_DTYPE_INT64 = 8,
+    PKV_DTYPE_FORCE32 = 0x7FFFFFFF
+} pkv_dtype;
+
+/** Size of one element in bits (32 for F32); 0 for an unknown value. Thread-safe. */
+PKV_API size_t pkv_dtype_size_bits(pkv_dtype dtype);
+/** Static lower-case name ("bf16", "fp8_e4m3"); "unknown" for other values. Thread-safe. */
+PKV_API const char *pkv_dtype_name(pkv_dtype dtype);
+
+/** Device types; values equal DLPack's DLDeviceType codes. */
+typedef enum pkv_device_type {
+    PKV_DEVICE_CPU = 1,
+    PKV_DEVICE_CUDA = 2,
+    PKV_DEVICE_CUDA_HOST = 3, /**< pinned host memory; treated as CPU memory by the ops */
+    PKV_DEVICE_TYPE_FORCE32 = 0x7FFFFFFF
+} pkv_device_type;
+
+typedef struct pkv_device {
+    pkv_device_type type;
+    int32_t id; /**< CUDA ordinal; 0 for the CPU */
+} pkv_device;
+
+/** CUDA stream (identical to cudaStream_t / CUstream). NULL = the legacy default stream. */
+typedef struct CUstream_st *pkv_stream;
+
+#define PKV_MAX_DIMS 6
+
+/**
+ * A strided tensor view (DLPack-like, no ownership). Shape and strides are in elements.
+ * Ops state which dimensions they need and which strides must be 1.
+ */
+typedef struct pkv_tensor {
+    void *data;
+    pkv_dtype dtype;
+    pkv_device device;
+    int32_t ndim;
+    int64_t shape[PKV_MAX_DIMS];
+    int64_t strides[PKV_MAX_DIMS];
+} pkv_tensor;
+
+/* ---------------------------------------------------------------- cache view -------------- */
+
+/** How one cache element is encoded. 0 is not a format: a view must name one. */
+typedef enum pkv_cache_format {
+    PKV_CACHE_FORMAT_UNSET = 0,
+    PKV_CACHE_FORMAT_F32 = 1,      /**< plain float32 */
+    PKV_CACHE_FORMAT_F16 = 2,      /**< plain float16 */
+    PKV_CACHE_FORMAT_BF16 = 3,     /**< plain bfloat16 */
+    PKV_CACHE_FORMAT_FP8_E4M3 = 4, /**< q = sat_finite_rne(x / scale), x = float(q) * scale */
+    PKV_CACHE_FORMAT_FP8_E5M2 = 5, /**< as FP8_E4M3 with the e5m2 encoding */
+    /* 6.. reserved for the quantized formats (per-token-head INT8/FP8, INT4, INT2, MLA). */
+    PKV_CACHE_FORMAT_FORCE32 = 0x7FFFFFFF
+} pkv_cache_format;
+
+/** Granularity of the FP8 scales. */
+typedef enum pkv_scale_mode {
+    PKV_SCALE_PER_TENSOR = 0, /**< one float32 scale for all of K (and one for V) */
+    PKV_SCALE_PER_HEAD = 1,   /**< num_heads float32 scales, indexed by KV head */
+    PKV_SCALE_MODE_FORCE32 = 0x7FFFFFFF
+} pkv_scale_mode;
+
+/**
+ * Declarative description of one layer's paged K/V cache. Nothing is allocated; the view names
+ * memory the caller (or a pool) owns.
+ *
+ * Element (block b, slot s, head h, dim d) of K lives at byte
+ *   k_data + b*k_stride_block + s*k_stride_slot + h*k_stride_head + d*element_size
+ * (all int64), and likewise for V with its own strides. Any layout is a choice of strides:
+ *   NHD  [NB, BS, H, D]:        block=BS*H*D*e, slot=H*D*e, head=D*e   (the default)
+ *   HND  [NB, H, BS, D]:        block=H*BS*D*e, slot=D*e,   head=BS*D*e
+ *   K/V interleaved [NB,2,BS,H,D]: block=2*BS*H*D*e, v_data = k_data + BS*H*D*e
+ *   K|V packed in the last dim [NB,BS,H,2D]: head=2D*e, v_data = k_data + D*e
+ *   padded pages: a block stride larger than the payload.
+ * A stride of 0 means the NHD default computed from the sizes. Strides must be positive, and
+ * the last dimension is contiguous. The same slot of K and V is written by the same token.
+ *
+ * Scales (FP8 formats only; ignored otherwise) are float32 on the cache's device, read by the
+ * kernel at run time (so they may change between CUDA-graph replays): one value, or num_heads
+ * values with PKV_SCALE_PER_HEAD. A NULL scale pointer means scale 1.0.
+ *
+ * v_data may be NULL for a K-only cache (MLA latent); value inputs / outputs are then NULL too.
+ */
+typedef struct pkv_cache_view {
+    size_t struct_size;          /**< sizeof(pkv_cache_view) */
+    uint32_t flags;              /**< reserved, must be 0 */
+    pkv_cache_format format;
+    pkv_device device;           /**< where k_data, v_data and the scales live */
+    int64_t num_blocks;
+    int64_t block_size;          /**< tokens per block */
+    int64_t num_heads;           /**< KV heads */
+    int64_t head_size_k;
+    int64_t head_size_v;         /**< 0 = head_size_k */
+    void *k_data;
+    void *v_data;
+    int64_t k_stride_block, k_stride_slot, k_stride_head; /**< bytes; 0 = NHD default */
+    int64_t v_stride_block, v_stride_slot, v_stride_head; /**< bytes; 0 = NHD default */
+    pkv_scale_mode scale_mode;
+    const float *k_scale;        /**< NULL = 1.0 */
+    const float *v_scale;        /**< NULL = 1.0 */
+} pkv_cache_view;
+
+#define PKV_CACHE_VIEW_INIT {sizeof(pkv_cache_view), 0, PKV_CACHE_FORMAT_UNSET, {PKV_DEVICE_CPU, 0}, \
+                             0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, PKV_SCALE_PER_TENSOR, NULL, NULL}
+
+/**
+ * Zero `view` and set its struct_size (for FFI callers that cannot use PKV_CACHE_VIEW_INIT).
+ * @return PKV_ERROR_INVALID_ARGUMENT if view is NULL; PKV_ERROR_STRUCT_SIZE if struct_size is
+ *         smaller than the first version of the struct. Thread-safe.
+ */
+PKV_API pkv_status pkv_cache_view_init(pkv_cache_view *view, size_t struct_size);
+
+/**
+ * Validate a cache view without touching its memory (the same checks every op makes).
+ * @return PKV_SUCCESS, or PKV_ERROR_INVALID_ARGUMENT / PKV_ERROR_STRUCT_SIZE /
+ *         PKV_ERROR_NOT_SUPPORTED with a message naming the field. Thread-safe.
+ */
+PKV_API pkv_status pkv_cache_view_check(const pkv_cache_view *view);
+
+/* ---------------------------------------------------------------- write ------------------- */
+
+/**
+ * Write new keys and values into the paged cache (vLLM reshape_and_cache_flash semantics).
+ *
+ * @param[in] cache     the destination cache view (its memory is written).
+ * @param[in] key       [T_pad, num_heads, head_size_k], f32 / f16 / bf16, on the cache's device;
+ *                      any row and head stride, last stride 1.
+ * @param[in] value     [T_pad, num_heads, head_size_v], same rules; NULL iff cache->v_data is NULL.
+ * @param[in] slot_mapping [T] int32 or int64 (any stride): token t goes to
+ *                      block = slot / block_size, offset = slot % block_size. T is the token
+ *                      count (key and value may carry more rows: they are not read). A negative
+ *                      slot is padding: the token is skipped. A slot >= num_blocks*block_size is
+ *                      never written; it is counted in `out_of_range_count`.
+ * @param[in,out] out_of_range_count optional int64 on the cache's device (NULL = do not count):
+ *                      incremented (atomically) by the number of out-of-range slots. Never reset
+ *                      by the library, so a graph replay keeps accumulating.
+ * @param stream        CUDA stream for a CUDA cache; ignored for a CPU cache (the CPU path runs
+ *                      synchronously on the calling thread and its OpenMP workers).
+ *
+ * Formats: a plain float cache (F32/F16/BF16) stores the input converted with round-to-nearest-
+ * even (an exact copy when the dtypes match); FP8 stores sat_finite_rne(x / scale) computed in
+ * float32 (division, not reciprocal multiplication: bit-identical to vLLM's CUDA kernel).
+ * Two tokens mapped to the same slot: which one lands is unspecified.
+ *
+ * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL pointer, shape / stride / dtype
+ *         mismatch, device mismatch); PKV_ERROR_NOT_SUPPORTED (format / dtype pair, or a CUDA
+ *         cache in a build without CUDA); PKV_ERROR_CUDA (launch failure). T = 0 enqueues nothing.
+ * Threading: reentrant; concurrent calls on disjoint slots are safe.
+ */
+PKV_API pkv_status pkv_write_kv(const pkv_cache_view *cache, const pkv_tensor *key,
+                                const pkv_tensor *value, const pkv_tensor *slot_mapping,
+                                int64_t *out_of_range_count, pkv_stream stream);
+
+/* ---------------------------------------------------------------- gather ------------------ */
+
+/**
+ * Gather paged K/V back to dense rows, dequantizing (vLLM gather_and_maybe_dequant_cache
+ * semantics, for any head layout).
+ *
+ * Request b owns output rows [cu_seq_lens[b], cu_seq_lens[b+1]). Output row i of request b
+ * reads cache position p = i - cu_seq_lens[b] + seq_starts[b] (seq_starts = 0 when NULL), i.e.
+ * slot (block_table[b][p / block_size], p % block_size).
+ *
+ * @param[out] out_key   [N, num_heads, head_size_k], f32 / f16 / bf16, on the cache's device;
+ *                       any row and head stride, last stride 1. Rows past cu_seq_lens[B] are
+ *                       not written, so N may be an upper bound (no host sync needed).
+ * @param[out] out_value [N, num_heads, head_size_v]; NULL to skip V (required when the cache
+ *                       has no V).
+ * @param[in] cache      the source cache view.
+ * @param[in] block_table [B, max_blocks] int32, row stride >= max_blocks allowed, last stride 1.
+ * @param[in] cu_seq_lens [B + 1] int32, non-decreasing, cu_seq_lens[0] = 0.
+ * @param[in] seq_starts  optional [B] int32: the cache position of each request's first row.
+ * @param[in,out] out_of_range_count optional int64 on the cache's device: incremented for each
+ *                       row whose block index runs past max_blocks or whose block id is outside
+ *                       [0, num_blocks); such rows are left unwritten.
+ * @param stream         CUDA stream for a CUDA cache; ignored for a CPU cache.
+ *
+ * Dequantization: plain formats convert with round-to-nearest-even (exact copy for equal
+ * dtypes); FP8 gives float(q) * scale, rounded to the output dtype.
+ * @return as pkv_write_kv. N = 0 or B = 0 enqueues nothing.
+ * Threading: reentrant; reads the cache only.
+ */
+PKV_API pkv_status pkv_gather_kv(const pkv_tensor *out_key, const pkv_tensor *out_value,
+                                 const pkv_cache_view *cache, const pkv_tensor *block_table,
+                                 const pkv_tensor *cu_seq_lens, const pkv_tensor *seq_starts,
+                                 int64_t *out_of_range_count, pkv_stream stream);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* PAGEDKV_H */
