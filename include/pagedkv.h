@@ -143,6 +143,37 @@ typedef struct pkv_tensor {
     int64_t strides[PKV_MAX_DIMS];
 } pkv_tensor;
 
+/* ---------------------------------------------------------------- devices and memory ------ */
+/*
+ * Small helpers so that C, Rust and Python callers can drive a GPU without a CUDA toolchain.
+ * They are not enqueue-only: pkv_alloc / pkv_free may synchronize (as cudaMalloc / cudaFree do).
+ */
+
+/**
+ * Number of usable CUDA devices. Writes 0 (and returns PKV_SUCCESS) when the build has no CUDA,
+ * no driver is installed, or no device is present. Thread-safe.
+ */
+PKV_API pkv_status pkv_cuda_device_count(int32_t *count);
+
+/**
+ * Allocate `bytes` on `device`: CPU = 256-byte aligned host memory, CUDA = cudaMalloc on
+ * device.id (the current device is restored), CUDA_HOST = pinned host memory. bytes = 0 gives
+ * *out = NULL. @return PKV_ERROR_OUT_OF_HOST_MEMORY / PKV_ERROR_OUT_OF_DEVICE_MEMORY,
+ * PKV_ERROR_NOT_SUPPORTED (CUDA without a CUDA build), PKV_ERROR_INVALID_ARGUMENT. Thread-safe.
+ */
+PKV_API pkv_status pkv_alloc(void **out, pkv_device device, size_t bytes);
+/** Free memory from pkv_alloc with the same device. NULL is a no-op. Thread-safe. */
+PKV_API pkv_status pkv_free(void *ptr, pkv_device device);
+/**
+ * Copy `bytes` between any two devices. Enqueued on `stream` when either side is CUDA (the
+ * caller synchronizes before reading a host destination); a plain memcpy when both are CPU.
+ * Thread-safe.
+ */
+PKV_API pkv_status pkv_copy(void *dst, pkv_device dst_device, const void *src, pkv_device src_device,
+                            size_t bytes, pkv_stream stream);
+/** Block until all work on `stream` is done (cudaStreamSynchronize). No-op without CUDA. */
+PKV_API pkv_status pkv_stream_synchronize(pkv_stream stream);
+
 /* ---------------------------------------------------------------- cache view -------------- */
 
 /** How one cache element is encoded. 0 is not a format: a view must name one. */
