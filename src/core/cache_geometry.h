@@ -1,0 +1,59 @@
+// Resolved form of a pkv_cache_view and of the dense row tensors the ops read or write: byte
+// strides with defaults applied, elements decoded. All address math is here, in int64.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "core/element.h"
+#include "core/numeric_formats.h"  // PKV_HD
+#include "pagedkv.h"
+
+namespace pkv {
+
+// One of K or V inside the paged cache.
+struct CacheSide {
+    char *data = nullptr;
+    int64_t stride_block = 0, stride_slot = 0, stride_head = 0;  // bytes
+    int64_t head_size = 0;
+    const float *scale = nullptr;  // NULL = 1.0
+
+    PKV_HD int64_t offset(int64_t block, int64_t slot_in_block, int64_t head) const {
+        return block * stride_block + slot_in_block * stride_slot + head * stride_head;
+    }
+};
+
+struct CacheGeometry {
+    Elem elem = Elem::Invalid;
+    int64_t num_blocks = 0, block_size = 0, num_heads = 0;
+    bool per_head_scale = false;
+    bool has_v = false;
+    CacheSide k, v;
+
+    PKV_HD int64_t num_slots() const { return num_blocks * block_size; }
+};
+
+// Dense rows [N, H, D] of keys or values: row and head strides in bytes, last dim contiguous.
+struct RowsSide {
+    char *data = nullptr;
+    int64_t stride_row = 0, stride_head = 0;  // bytes
+
+    PKV_HD int64_t offset(int64_t row, int64_t head) const { return row * stride_row + head * stride_head; }
+};
+
+// Applies the NHD defaults for zero strides and head_size_v. Does not validate.
+CacheGeometry resolve_cache_view(const pkv_cache_view &view);
+
+// Rows view of a [N, H, D] tensor of element size `elem_size` (strides in elements -> bytes).
+RowsSide rows_from_tensor(const pkv_tensor &t, int elem_size);
+
+// Largest count of elements in {8, 4, 2, 1} that every row of both sides can move as one
+// aligned vector: divides both head sizes, fits 16 bytes on each side, and keeps every source
+// and destination address aligned to the vector's size. `alignment` folds in addresses and strides.
+int vector_elems(int src_elem_bytes, int dst_elem_bytes, int64_t head_size_k, int64_t head_size_v,
+                 uint64_t src_alignment, uint64_t dst_alignment);
+
+// Largest power of two (<= 16) dividing every value given (0 values are ignored).
+uint64_t common_alignment(std::initializer_list<uint64_t> values);
+
+}  // namespace pkv

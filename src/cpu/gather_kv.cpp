@@ -1,0 +1,53 @@
+// CPU gather: output rows in parallel (OpenMP), one head row at a time.
+#include <cstring>
+
+#include "core/element_convert.h"
+#include "core/ops.h"
+
+namespace pkv {
+namespace {
+
+template <Elem Cache, Elem Out>
+void gather_side(const GatherArgs &a, const CacheSide &src, const RowsSide &dst, int64_t row, int64_t block,
+                 int64_t offset) {
+    for (int64_t h = 0; h < a.cache.num_heads; ++h) {
+        const char *s = src.data + src.offset(block, offset, h);
+        char *o = dst.data + dst.offset(row, h);
+        if constexpr (Cache == Out) {
+            std::memcpy(o, s, size_t(src.head_size) * sizeof(storage_t<Out>));
+        } else {
+            const float scale = src.scale ? src.scale[a.cache.per_head_scale ? h : 0] : 1.0f;
+            const auto *si = reinterpret_cast<const storage_t<Cache> *>(s);
+            auto *oi = reinterpret_cast<storage_t<Out> *>(o);
+            for (int64_t i = 0; i < src.head_size; ++i) oi[i] = decode_from_cache<Cache, Out>(si[i], scale);
+        }
+    }
+}
+
+template <Elem Cache, Elem Out> void gather_all(const GatherArgs &a) {
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 64)
+    for (int64_t row = 0; row < a.num_rows; ++row) {
+        int64_t block, offset;
+        if (!gather_row_source(a, row, block, offset)) continue;
+        if (block < 0) {
+            ++out_of_range;
+            continue;
+        }
+        gather_side<Cache, Out>(a, a.cache.k, a.key, row, block, offset);
+        if (a.value.data) gather_side<Cache, Out>(a, a.cache.v, a.value, row, block, offset);
+    }
+    if (a.out_of_range) *a.out_of_range += out_of_range;
+}
+
+}  // namespace
+
+void cpu_gather_kv(const GatherArgs &a) {
+    dispatch_elem(a.cache.elem, [&](auto cache) {
+        dispatch_elem(a.out, [&](auto out) {
+            if constexpr (!elem_is_fp8(decltype(out)::value)) gather_all<decltype(cache)::value, decltype(out)::value>(a);
+        });
+    });
+}
+
+}  // namespace pkv

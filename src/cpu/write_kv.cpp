@@ -1,0 +1,60 @@
+// CPU write: tokens in parallel (OpenMP), one head row at a time.
+#include <cstring>
+
+#include "core/element_convert.h"
+#include "core/ops.h"
+
+namespace pkv {
+namespace {
+
+template <Elem In, Elem Cache>
+void write_head_row(const char *src, char *dst, int64_t d, const float *scale_ptr) {
+    if constexpr (In == Cache) {
+        std::memcpy(dst, src, size_t(d) * sizeof(storage_t<In>));
+    } else {
+        const float scale = scale_ptr ? *scale_ptr : 1.0f;
+        const auto *s = reinterpret_cast<const storage_t<In> *>(src);
+        auto *o = reinterpret_cast<storage_t<Cache> *>(dst);
+        for (int64_t i = 0; i < d; ++i) o[i] = encode_for_cache<In, Cache>(s[i], scale);
+    }
+}
+
+template <Elem In, Elem Cache>
+void write_side(const WriteArgs &a, const RowsSide &src, const CacheSide &dst, int64_t t, int64_t block,
+                int64_t offset) {
+    for (int64_t h = 0; h < a.cache.num_heads; ++h) {
+        const float *scale = dst.scale ? dst.scale + (a.cache.per_head_scale ? h : 0) : nullptr;
+        write_head_row<In, Cache>(src.data + src.offset(t, h), dst.data + dst.offset(block, offset, h),
+                                  dst.head_size, scale);
+    }
+}
+
+template <Elem In, Elem Cache> void write_all(const WriteArgs &a) {
+    const int64_t num_slots = a.cache.num_slots();
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 64)
+    for (int64_t t = 0; t < a.num_tokens; ++t) {
+        const int64_t slot = a.slots[t];
+        if (slot < 0) continue;  // padding
+        if (slot >= num_slots) {
+            ++out_of_range;
+            continue;
+        }
+        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+        write_side<In, Cache>(a, a.key, a.cache.k, t, block, offset);
+        if (a.cache.has_v) write_side<In, Cache>(a, a.value, a.cache.v, t, block, offset);
+    }
+    if (a.out_of_range) *a.out_of_range += out_of_range;
+}
+
+}  // namespace
+
+void cpu_write_kv(const WriteArgs &a) {
+    dispatch_elem(a.in, [&](auto in) {
+        dispatch_elem(a.cache.elem, [&](auto cache) {
+            if constexpr (!elem_is_fp8(decltype(in)::value)) write_all<decltype(in)::value, decltype(cache)::value>(a);
+        });
+    });
+}
+
+}  // namespace pkv

@@ -1,0 +1,33 @@
+// Turning CUDA runtime errors into pkv::Error, and the vector type of the kernels.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "core/error.h"
+
+namespace pkv {
+
+inline void cuda_check(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return;
+    const pkv_status s = e == cudaErrorMemoryAllocation ? PKV_ERROR_OUT_OF_DEVICE_MEMORY : PKV_ERROR_CUDA;
+    throw Error(s, std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")", int(e));
+}
+
+// Reports a failed launch (bad configuration, no device, no kernel image for this arch).
+inline void cuda_check_launch(const char *kernel) { cuda_check(cudaGetLastError(), kernel); }
+
+// N elements of T moved as one aligned access (16 bytes at most).
+template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
+    T v[N];
+};
+
+// Grid for one warp per row, grid-striding beyond the cap (so any row count works).
+constexpr int kWarpsPerBlock = 8;
+inline unsigned rows_grid(int64_t rows) {
+    const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    return unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
+}
+
+}  // namespace pkv
