@@ -42,6 +42,15 @@ PKV_HD float f32_from_bits(uint32_t u) {
 #endif
 }
 
+// Count of leading zero bits of a non-zero 32-bit value.
+PKV_HD int clz32(uint32_t x) {
+#if defined(__CUDA_ARCH__)
+    return __clz(x);
+#else
+    return __builtin_clz(x);
+#endif
+}
+
 // Round the magnitude `m` (with `shift` low bits to drop) to nearest, ties to even.
 PKV_HD uint32_t round_shift_rne(uint32_t m, uint32_t shift) {
     if (shift == 0) return m;
@@ -81,20 +90,28 @@ PKV_HD uint16_t f32_to_bf16_bits(float f) {
 }
 
 // ---------------------------------------------------------------- float16
-PKV_HD float f16_bits_to_f32(uint16_t h) {
+PKV_HD float f16_bits_to_f32_soft(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000u) << 16;
     const uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
     if (exp == 0x1fu) return f32_from_bits(sign | 0x7f800000u | (man << 13));  // inf / NaN
     if (exp != 0) return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
     if (man == 0) return f32_from_bits(sign);
-    // Subnormal: normalize into a float32 normal.
-    uint32_t e = 113u;
-    while ((man & 0x400u) == 0) {
-        man <<= 1;
-        --e;
-    }
-    return f32_from_bits(sign | (e << 23) | ((man & 0x3ffu) << 13));
+    // Subnormal man * 2^-24: normalize into a float32 normal.
+    const uint32_t shift = uint32_t(clz32(man) - 21);  // brings the leading one to bit 10
+    man <<= shift;
+    return f32_from_bits(sign | ((113u - shift) << 23) | ((man & 0x3ffu) << 13));
+}
+
+// The conversion instruction is exact for every non-NaN half; NaNs take the shared bits
+// (payload kept), so CPU and GPU agree on every input.
+PKV_HD float f16_bits_to_f32(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+    if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) return f32_from_bits((uint32_t(h & 0x8000u) << 16) | 0x7f800000u | (uint32_t(h & 0x3ffu) << 13));
+    return __half2float(__ushort_as_half(h));
+#else
+    return f16_bits_to_f32_soft(h);
+#endif
 }
 
 // Round to nearest even, overflow to infinity; NaN -> canonical 0x7FFF (cvt.rn.f16.f32).
@@ -130,13 +147,9 @@ PKV_HD float e4m3_to_f32(uint8_t b) {
     if (exp == 0xfu && man == 0x7u) return f32_from_bits(0x7fffffffu);
     if (exp != 0) return f32_from_bits(sign | ((exp + 120u) << 23) | (man << 20));
     if (man == 0) return f32_from_bits(sign);
-    // man * 2^-9, exact: normalize into a float32 normal.
-    uint32_t m = man, e = 118u;  // 2^-9 has biased exponent 118
-    while ((m & 0x8u) == 0) {
-        m <<= 1;
-        --e;
-    }
-    return f32_from_bits(sign | ((e + 3u) << 23) | ((m & 0x7u) << 20));
+    // Subnormal man * 2^-9: normalize into a float32 normal.
+    const uint32_t shift = uint32_t(clz32(man) - 28);  // brings the leading one to bit 3
+    return f32_from_bits(sign | ((121u - shift) << 23) | (((man << shift) & 0x7u) << 20));
 }
 
 // Saturating (SATFINITE) round-to-nearest-even; NaN -> 0x7F; +-inf -> +-448.

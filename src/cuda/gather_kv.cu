@@ -11,12 +11,14 @@ struct GatherLaunch {
 };
 
 template <Elem Cache, Elem Out, int VEC>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32) gather_kv_kernel(const GatherLaunch p) {
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) gather_kv_kernel(const GatherLaunch p) {
+    using Copy = WarpRowCopy<Cache, Out, Direction::Decode, VEC>;
     const GatherArgs &a = p.a;
-    const int lane = threadIdx.x & 31;
+    const uint32_t lane = threadIdx.x & 31;
     const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const int64_t stride = (int64_t(gridDim.x) * blockDim.x) >> 5;
     const uint32_t heads = uint32_t(a.cache.num_heads);
+    const CacheSide &kc = a.cache.k, &vc = a.cache.v;
     for (int64_t row = first; row < a.num_rows; row += stride) {
         int64_t block, offset;
         if (!gather_row_source(a, row, block, offset)) continue;
@@ -24,16 +26,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) gather_kv_kernel(const Ga
             if (lane == 0 && a.out_of_range) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             continue;
         }
-        const CacheSide &k = a.cache.k;
-        warp_copy_heads<Cache, Out, Direction::Decode, VEC>(k.data + k.offset(block, offset, 0), k.stride_head,
-                                                            a.key.data + a.key.offset(row, 0), a.key.stride_head,
-                                                            heads, p.chunks_k, k.scale, a.cache.per_head_scale, lane);
+        const Copy k{kc.data + kc.offset(block, offset, 0), kc.stride_head, a.key.data + a.key.offset(row, 0),
+                     a.key.stride_head, heads * p.chunks_k.divisor, p.chunks_k, kc.scale, a.cache.per_head_scale};
+        k.run(lane);
         if (a.value.data) {
-            const CacheSide &v = a.cache.v;
-            warp_copy_heads<Cache, Out, Direction::Decode, VEC>(v.data + v.offset(block, offset, 0), v.stride_head,
-                                                                a.value.data + a.value.offset(row, 0),
-                                                                a.value.stride_head, heads, p.chunks_v, v.scale,
-                                                                a.cache.per_head_scale, lane);
+            const Copy v{vc.data + vc.offset(block, offset, 0), vc.stride_head, a.value.data + a.value.offset(row, 0),
+                         a.value.stride_head, heads * p.chunks_v.divisor, p.chunks_v, vc.scale,
+                         a.cache.per_head_scale};
+            v.run(lane);
         }
     }
 }
@@ -51,7 +51,7 @@ void cuda_gather_kv(const GatherArgs &a, pkv_stream stream) {
             dispatch_vec(a.vec, [&](auto vec) {
                 constexpr Elem Cache = decltype(cache)::value, Out = decltype(out)::value;
                 constexpr int V = decltype(vec)::value;
-                if constexpr (!elem_is_fp8(Out) && V * elem_bytes(Out) <= 16) {
+                if constexpr (!elem_is_fp8(Out) && V * elem_bytes(Out) <= 16 && V * elem_bytes(Cache) <= 16) {
                     gather_kv_kernel<Cache, Out, V>
                         <<<grid, kWarpsPerBlock * 32, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
                 }
