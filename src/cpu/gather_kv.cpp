@@ -37,7 +37,8 @@ template <Elem Cache, Elem Out> void gather_all(const GatherArgs &a) {
         gather_side<Cache, Out>(a, a.cache.k, a.key, row, block, offset);
         if (a.value.data) gather_side<Cache, Out>(a, a.cache.v, a.value, row, block, offset);
     }
-    if (a.out_of_range) *a.out_of_range += out_of_range;
+    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
 }
 
 }  // namespace

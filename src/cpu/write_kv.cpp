@@ -44,7 +44,8 @@ template <Elem In, Elem Cache> void write_all(const WriteArgs &a) {
         write_side<In, Cache>(a, a.key, a.cache.k, t, block, offset);
         if (a.cache.has_v) write_side<In, Cache>(a, a.value, a.cache.v, t, block, offset);
     }
-    if (a.out_of_range) *a.out_of_range += out_of_range;
+    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
-// Turning CUDA runtime errors into pkv::Error, and the vector type of the kernels.
+// Turning CUDA runtime errors into pkv::Error; the vector type and launch helpers of the kernels.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <string>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -28,6 +29,16 @@ constexpr int kWarpsPerBlock = 8;
 inline unsigned rows_grid(int64_t rows) {
     const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
     return unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
+}
+
+// Calls f(std::integral_constant<int, VEC>{}) for VEC in {1, 2, 4, 8}.
+template <typename F> void dispatch_vec(int vec, F &&f) {
+    switch (vec) {
+        case 8: f(std::integral_constant<int, 8>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        default: f(std::integral_constant<int, 1>{}); break;
+    }
 }
 
 }  // namespace pkv

@@ -86,14 +86,4 @@ template <Elem From, Elem To, Direction Dir, int VEC> struct WarpRowCopy {
     }
 };
 
-// Calls f(std::integral_constant<int, VEC>{}) for VEC in {1, 2, 4, 8}.
-template <typename F> void dispatch_vec(int vec, F &&f) {
-    switch (vec) {
-        case 8: f(std::integral_constant<int, 8>{}); break;
-        case 4: f(std::integral_constant<int, 4>{}); break;
-        case 2: f(std::integral_constant<int, 2>{}); break;
-        default: f(std::integral_constant<int, 1>{}); break;
-    }
-}
-
 }  // namespace pkv
