@@ -16,6 +16,7 @@
 // alike, so that mid-size rows are not L2-resident; decode-size rows stay L2-resident even so.
 //
 // Usage: pkv_bench_write [--quick] [--out PATH] [--sizes 1,64,...] [--device N]
+//                        [--sequential-slots] [--all-formats]
 // Exit: 0 = everything ran, every write verified, every target met; 2 = ran and verified but a
 // target was missed; 1 = an error (CUDA failure, pkv error, wrong data).
 
@@ -170,6 +171,8 @@ struct Options {
     std::string out_path;
     std::vector<int64_t> sizes{1, 64, 1024, 16384, 65536};
     int device = 0;
+    bool sequential_slots = false; // slots 0..T-1 in order instead of a random permutation
+    bool all_formats = false;      // also f16 and fp8_e5m2 caches
     int reps = 7;
     double target_us = 20000.0; // device time per repetition
 };
@@ -319,6 +322,8 @@ std::string verify(const Config &cfg, int64_t T, const pkv_cache_view &view,
     std::vector<uint16_t> in(row);
     std::vector<uint8_t> cache(row * cfg.cache_bytes);
     long checked = 0;
+    if (cfg.format != PKV_CACHE_FORMAT_BF16 && cfg.format != PKV_CACHE_FORMAT_FP8_E4M3)
+        return "not verified (--all-formats diagnostic row)";
     for (int kv = 0; kv < 2; ++kv) {
         const char *src = (kv ? val : key).bytes_ptr();
         const char *dst = static_cast<const char *>(kv ? view.v_data : view.k_data);
@@ -386,7 +391,7 @@ Row run_row(const Config &cfg, int64_t T, const Options &o, const cudaDeviceProp
 
         std::vector<int64_t> perm(nslots);
         std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), rng);
+        if (!o.sequential_slots) std::shuffle(perm.begin(), perm.end(), rng);
         perm.resize((size_t)R * T);
         DevBuf slots(perm.size() * sizeof(int64_t));
         CK(cudaMemcpy(slots.p, perm.data(), slots.bytes, cudaMemcpyHostToDevice));
@@ -491,6 +496,7 @@ void usage() {
     std::puts("usage: pkv_bench_write [--quick] [--out PATH] [--sizes T1,T2,...] [--device N]\n"
               "  times pkv_write_kv (H=8, D=128, block 16, NHD; bf16->bf16 and bf16->fp8_e4m3)\n"
               "  eager and under CUDA-graph replay, beside a D2D copy and an empty kernel.\n"
+              "  --sequential-slots: slots 0..T-1 in order; --all-formats: add f16 and fp8_e5m2 rows\n"
               "  exit 0: ok; 2: a performance target missed; 1: error or wrong data");
 }
 
@@ -507,6 +513,10 @@ Options parse(int argc, char **argv) {
         };
         if (a == "--quick") {
             o.quick = true;
+        } else if (a == "--sequential-slots") {
+            o.sequential_slots = true;
+        } else if (a == "--all-formats") {
+            o.all_formats = true;
         } else if (a == "--out") {
             o.out_path = need("--out");
         } else if (a.rfind("--out=", 0) == 0) {
@@ -573,8 +583,11 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    const Config configs[] = {{"bf16", PKV_CACHE_FORMAT_BF16, 2},
-                              {"fp8_e4m3", PKV_CACHE_FORMAT_FP8_E4M3, 1}};
+    std::vector<Config> configs = {{"bf16", PKV_CACHE_FORMAT_BF16, 2}, {"fp8_e4m3", PKV_CACHE_FORMAT_FP8_E4M3, 1}};
+    if (o.all_formats) {
+        configs.push_back({"f16", PKV_CACHE_FORMAT_F16, 2});
+        configs.push_back({"fp8_e5m2", PKV_CACHE_FORMAT_FP8_E5M2, 1});
+    }
     std::mt19937_64 rng(0x5EEDull);
     std::vector<Row> rows;
     try {

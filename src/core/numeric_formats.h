@@ -178,6 +178,11 @@ PKV_HD uint8_t f32_to_e4m3(float f) {
 }
 
 // ---------------------------------------------------------------- fp8 e5m2
+
+// Two encodes at once, `lo` in the low byte: the device converts the pair in one independent
+// instruction (the one-value form merges into the previous result, serializing a vector).
+template <bool E5M2> PKV_HD uint16_t f32x2_to_fp8x2(float lo, float hi);
+
 // bias 15, the top byte of an IEEE half: infinities 0x7C, NaNs 0x7D-0x7F, max finite 57344.
 PKV_HD float e5m2_to_f32(uint8_t b) { return f16_bits_to_f32(uint16_t(uint16_t(b) << 8)); }
 
@@ -203,6 +208,15 @@ PKV_HD uint8_t f32_to_e5m2(float f) {
     return uint8_t(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E5M2));
 #else
     return f32_to_e5m2_soft(f);
+#endif
+}
+
+template <bool E5M2> PKV_HD uint16_t f32x2_to_fp8x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    return uint16_t(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, E5M2 ? __NV_E5M2 : __NV_E4M3));
+#else
+    if constexpr (E5M2) return uint16_t(f32_to_e5m2_soft(lo) | (uint32_t(f32_to_e5m2_soft(hi)) << 8));
+    else return uint16_t(f32_to_e4m3_soft(lo) | (uint32_t(f32_to_e4m3_soft(hi)) << 8));
 #endif
 }
 

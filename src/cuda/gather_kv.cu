@@ -1,18 +1,58 @@
-// CUDA gather: one warp per output row (grid-stride), K then V head rows via warp_copy_heads.
+// CUDA gather: one warp per output row (grid-stride). The row's source is found once per warp
+// (binary search over cu_seq_lens, then the block table); the lanes then stride over the
+// (head, chunk) vectors of the K row and the V row, a few loads in flight per lane.
+#include "core/element_convert.h"
+#include "core/fast_divmod.h"
 #include "core/ops.h"
-#include "cuda/warp_copy.cuh"
+#include "cuda/cuda_check.cuh"
 
 namespace pkv {
 namespace {
+
+constexpr int kUnroll = 2;
 
 struct GatherLaunch {
     GatherArgs a;
     FastDivmod chunks_k, chunks_v;  // vectors per head row
 };
 
+// Dequantizes one row's heads from a cache slot into a dense output row.
+template <Elem Cache, Elem Out, int VEC>
+__device__ __forceinline__ void warp_gather_row(const char *__restrict__ src, int64_t src_head_stride,
+                                                char *__restrict__ dst, int64_t dst_head_stride, uint32_t heads,
+                                                FastDivmod chunks, const float *scale, bool per_head_scale,
+                                                uint32_t lane) {
+    using S = storage_t<Cache>;
+    using D = storage_t<Out>;
+    const uint32_t units = heads * chunks.divisor;
+    for (uint32_t base = lane; base < units; base += 32 * kUnroll) {
+        Vec<S, VEC> in[kUnroll];
+        float s[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const uint32_t j = base + u * 32;
+            if (j >= units) continue;
+            uint32_t head, chunk;
+            chunks.divmod(j, head, chunk);
+            in[u] = *reinterpret_cast<const Vec<S, VEC> *>(src + head * src_head_stride + int64_t(chunk) * (VEC * sizeof(S)));
+            s[u] = scale ? scale[per_head_scale ? head : 0] : 1.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const uint32_t j = base + u * 32;
+            if (j >= units) continue;
+            uint32_t head, chunk;  // recomputed: cheaper than holding them in registers
+            chunks.divmod(j, head, chunk);
+            Vec<D, VEC> out;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) out.v[i] = decode_from_cache<Cache, Out>(in[u].v[i], s[u]);
+            *reinterpret_cast<Vec<D, VEC> *>(dst + head * dst_head_stride + int64_t(chunk) * (VEC * sizeof(D))) = out;
+        }
+    }
+}
+
 template <Elem Cache, Elem Out, int VEC>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) gather_kv_kernel(const GatherLaunch p) {
-    using Copy = WarpRowCopy<Cache, Out, Direction::Decode, VEC>;
     const GatherArgs &a = p.a;
     const uint32_t lane = threadIdx.x & 31;
     const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -26,15 +66,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) gather_kv_kernel(const
             if (lane == 0 && a.out_of_range) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             continue;
         }
-        const Copy k{kc.data + kc.offset(block, offset, 0), kc.stride_head, a.key.data + a.key.offset(row, 0),
-                     a.key.stride_head, heads * p.chunks_k.divisor, p.chunks_k, kc.scale, a.cache.per_head_scale};
-        k.run(lane);
-        if (a.value.data) {
-            const Copy v{vc.data + vc.offset(block, offset, 0), vc.stride_head, a.value.data + a.value.offset(row, 0),
-                         a.value.stride_head, heads * p.chunks_v.divisor, p.chunks_v, vc.scale,
-                         a.cache.per_head_scale};
-            v.run(lane);
-        }
+        warp_gather_row<Cache, Out, VEC>(kc.data + kc.offset(block, offset, 0), kc.stride_head,
+                                         a.key.data + a.key.offset(row, 0), a.key.stride_head, heads, p.chunks_k,
+                                         kc.scale, a.cache.per_head_scale, lane);
+        if (a.value.data)
+            warp_gather_row<Cache, Out, VEC>(vc.data + vc.offset(block, offset, 0), vc.stride_head,
+                                             a.value.data + a.value.offset(row, 0), a.value.stride_head, heads,
+                                             p.chunks_v, vc.scale, a.cache.per_head_scale, lane);
     }
 }
 

@@ -1,6 +1,7 @@
-// CUDA write: one thread per aligned vector of a head row (flat grid over tokens x units), so
-// that the slot, the source vector and the scale are independent loads issued together and the
-// grid runs at full occupancy. Units of a token: the K row's vectors, then the V row's.
+// CUDA write: a flat grid over (token, unit), a unit being one aligned vector of a head row (a
+// token's K row units, then its V row units). Each thread takes a few units a grid step and
+// issues all their loads (slot, source vector, scale: independent of each other) before any
+// store, so small calls pay one load latency and large calls keep enough bytes in flight.
 #include "core/element_convert.h"
 #include "core/fast_divmod.h"
 #include "core/ops.h"
@@ -21,7 +22,12 @@ struct WriteLaunch {
     bool small_units;          // num_tokens * units_token < 2^31
 };
 
-template <Elem In, Elem Cache, int VEC>
+// Units a thread moves per grid step in a large call (all their loads are issued before the
+// first store). Small calls use 1, spreading the work over more multiprocessors.
+template <Elem Cache> constexpr int large_call_units() { return elem_is_fp8(Cache) ? 2 : 4; }
+constexpr int64_t kLargeCallUnits = int64_t(1) << 18;
+
+template <Elem In, Elem Cache, int VEC, int U>
 __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p) {
     using S = storage_t<In>;
     using D = storage_t<Cache>;
@@ -29,48 +35,75 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
     const WriteArgs &a = p.a;
     const int64_t total = a.num_tokens * int64_t(p.units_token.divisor);
     const int64_t num_slots = a.cache.num_slots();
-    for (int64_t u = int64_t(blockIdx.x) * kThreads + threadIdx.x; u < total; u += int64_t(gridDim.x) * kThreads) {
-        int64_t t;
-        uint32_t r;
-        if (p.small_units) {
-            uint32_t q;
-            p.units_token.divmod(uint32_t(u), q, r);
-            t = q;
-        } else {
-            t = u / p.units_token.divisor;
-            r = uint32_t(u - t * p.units_token.divisor);
-        }
-        const int64_t slot = a.slots[t];
-        const bool is_v = r >= p.units_k;
-        uint32_t head, chunk;
-        (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? r - p.units_k : r, head, chunk);
-        const RowsSide &src = is_v ? a.value : a.key;
-        const Vec<S, VEC> in = *reinterpret_cast<const Vec<S, VEC> *>(
-            src.data + src.offset(t, head) + int64_t(chunk) * (VEC * sizeof(S)));
-        const CacheSide &dst = is_v ? a.cache.v : a.cache.k;
-        float scale = 1.0f;
-        if constexpr (kScaled) {
-            if (dst.scale) scale = dst.scale[a.cache.per_head_scale ? head : 0];
-        }
-        if (slot < 0) continue;  // padding
-        if (slot >= num_slots) {
-            if (r == 0 && a.out_of_range) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
-            continue;
-        }
-        int64_t block, offset;
-        if (p.small_slots) {
-            uint32_t q, m;
-            p.block_size.divmod(uint32_t(slot), q, m);
-            block = q;
-            offset = m;
-        } else {
-            block = slot / a.cache.block_size;
-            offset = slot - block * a.cache.block_size;
-        }
-        Vec<D, VEC> out;
+    for (int64_t base = int64_t(blockIdx.x) * (kThreads * U) + threadIdx.x; base < total;
+         base += int64_t(gridDim.x) * (kThreads * U)) {
+        int64_t slot[U];
+        uint32_t rest[U], head[U], chunk[U];
+        Vec<S, VEC> in[U];
+        float scale[U];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) out.v[i] = encode_for_cache<In, Cache>(in.v[i], scale);
-        *reinterpret_cast<Vec<D, VEC> *>(dst.data + dst.offset(block, offset, head) + int64_t(chunk) * (VEC * sizeof(D))) = out;
+        for (int i = 0; i < U; ++i) {
+            const int64_t u = base + i * kThreads;
+            slot[i] = -1;
+            if (u >= total) continue;
+            int64_t t;
+            uint32_t r;
+            if (p.small_units) {
+                uint32_t q;
+                p.units_token.divmod(uint32_t(u), q, r);
+                t = q;
+            } else {
+                t = u / p.units_token.divisor;
+                r = uint32_t(u - t * p.units_token.divisor);
+            }
+            slot[i] = a.slots[t];
+            rest[i] = r;
+            const bool is_v = r >= p.units_k;
+            (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? r - p.units_k : r, head[i], chunk[i]);
+            const RowsSide &src = is_v ? a.value : a.key;
+            in[i] = *reinterpret_cast<const Vec<S, VEC> *>(src.data + src.offset(t, head[i]) +
+                                                           int64_t(chunk[i]) * (VEC * sizeof(S)));
+            scale[i] = 1.0f;
+            if constexpr (kScaled) {
+                const float *sp = is_v ? a.cache.v.scale : a.cache.k.scale;
+                if (sp) scale[i] = sp[a.cache.per_head_scale ? head[i] : 0];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < U; ++i) {
+            if (slot[i] < 0) continue;  // padding (or past the end of the grid)
+            if (slot[i] >= num_slots) {
+                if (rest[i] == 0 && a.out_of_range)
+                    atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+                continue;
+            }
+            int64_t block, offset;
+            if (p.small_slots) {
+                uint32_t q, m;
+                p.block_size.divmod(uint32_t(slot[i]), q, m);
+                block = q;
+                offset = m;
+            } else {
+                block = slot[i] / a.cache.block_size;
+                offset = slot[i] - block * a.cache.block_size;
+            }
+            const CacheSide &dst = rest[i] >= p.units_k ? a.cache.v : a.cache.k;
+            Vec<D, VEC> out;
+            if constexpr (kScaled && VEC % 2 == 0) {
+#pragma unroll
+                for (int e = 0; e < VEC; e += 2) {
+                    const uint16_t pair = fmt::f32x2_to_fp8x2<Cache == Elem::E5M2>(to_f32<In>(in[i].v[e]) / scale[i],
+                                                                                   to_f32<In>(in[i].v[e + 1]) / scale[i]);
+                    out.v[e] = uint8_t(pair);
+                    out.v[e + 1] = uint8_t(pair >> 8);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], scale[i]);
+            }
+            *reinterpret_cast<Vec<D, VEC> *>(dst.data + dst.offset(block, offset, head[i]) +
+                                             int64_t(chunk[i]) * (VEC * sizeof(D))) = out;
+        }
     }
 }
 
@@ -88,15 +121,20 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
     p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
     const int64_t total = a.num_tokens * int64_t(p.units_token.divisor);
     p.small_units = total < (int64_t(1) << 31);
-    const int64_t blocks = (total + kThreads - 1) / kThreads;
-    const unsigned grid = unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
     dispatch_elem(a.in, [&](auto in) {
         dispatch_elem(a.cache.elem, [&](auto cache) {
             dispatch_vec(a.vec, [&](auto vec) {
                 constexpr Elem In = decltype(in)::value, Cache = decltype(cache)::value;
                 constexpr int V = decltype(vec)::value;
                 if constexpr (!elem_is_fp8(In) && V * elem_bytes(In) <= 16 && V * elem_bytes(Cache) <= 16) {
-                    write_kv_kernel<In, Cache, V><<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
+                    constexpr int kLarge = large_call_units<Cache>();
+                    const bool large = total >= kLargeCallUnits;
+                    const int64_t per_block = int64_t(kThreads) * (large ? kLarge : 1);
+                    const int64_t blocks = (total + per_block - 1) / per_block;
+                    const unsigned grid = unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
+                    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+                    if (large) write_kv_kernel<In, Cache, V, kLarge><<<grid, kThreads, 0, s>>>(p);
+                    else write_kv_kernel<In, Cache, V, 1><<<grid, kThreads, 0, s>>>(p);
                 }
             });
         });

@@ -1,0 +1,126 @@
+/*
+ * ABI layout of include/pagedkv.h, checked at compile time (C11 _Static_assert).
+ *
+ * Struct sizes and offsets are pinned for x86-64 (LP64, System V); enum values are pinned on
+ * every platform. A failure here means the ABI changed: that needs a new minor version during
+ * 0.x (docs/api-stability.md) and a matching update of the bindings' struct mirrors.
+ * Extending a struct = appending fields at the end (struct_size tells the library which).
+ */
+#include <pagedkv.h>
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define PIN(expr) _Static_assert(expr, #expr)
+
+/* --------------------------------------------------------------------- enums (everywhere) */
+PIN(sizeof(pkv_status) == 4);
+PIN(PKV_SUCCESS == 0);
+PIN(PKV_ERROR_INVALID_ARGUMENT == 1);
+PIN(PKV_ERROR_INVALID_STATE == 2);
+PIN(PKV_ERROR_OUT_OF_HOST_MEMORY == 3);
+PIN(PKV_ERROR_OUT_OF_DEVICE_MEMORY == 4);
+PIN(PKV_ERROR_OUT_OF_BLOCKS == 5);
+PIN(PKV_ERROR_NOT_SUPPORTED == 6);
+PIN(PKV_ERROR_CUDA == 7);
+PIN(PKV_ERROR_STRUCT_SIZE == 8);
+PIN(PKV_ERROR_BUSY == 9);
+PIN(PKV_ERROR_INTERNAL == 10);
+PIN(PKV_STATUS_FORCE32 == 0x7FFFFFFF);
+
+PIN(sizeof(pkv_dtype) == 4);
+PIN(PKV_DTYPE_F32 == 0);
+PIN(PKV_DTYPE_F16 == 1);
+PIN(PKV_DTYPE_BF16 == 2);
+PIN(PKV_DTYPE_FP8_E4M3 == 3);
+PIN(PKV_DTYPE_FP8_E5M2 == 4);
+PIN(PKV_DTYPE_INT8 == 5);
+PIN(PKV_DTYPE_UINT8 == 6);
+PIN(PKV_DTYPE_INT32 == 7);
+PIN(PKV_DTYPE_INT64 == 8);
+PIN(PKV_DTYPE_FORCE32 == 0x7FFFFFFF);
+
+/* Device types equal DLPack's DLDeviceType codes (kDLCPU=1, kDLCUDA=2, kDLCUDAHost=3). */
+PIN(sizeof(pkv_device_type) == 4);
+PIN(PKV_DEVICE_CPU == 1);
+PIN(PKV_DEVICE_CUDA == 2);
+PIN(PKV_DEVICE_CUDA_HOST == 3);
+PIN(PKV_DEVICE_TYPE_FORCE32 == 0x7FFFFFFF);
+
+PIN(sizeof(pkv_cache_format) == 4);
+PIN(PKV_CACHE_FORMAT_UNSET == 0);
+PIN(PKV_CACHE_FORMAT_F32 == 1);
+PIN(PKV_CACHE_FORMAT_F16 == 2);
+PIN(PKV_CACHE_FORMAT_BF16 == 3);
+PIN(PKV_CACHE_FORMAT_FP8_E4M3 == 4);
+PIN(PKV_CACHE_FORMAT_FP8_E5M2 == 5);
+PIN(PKV_CACHE_FORMAT_FORCE32 == 0x7FFFFFFF);
+
+PIN(sizeof(pkv_scale_mode) == 4);
+PIN(PKV_SCALE_PER_TENSOR == 0);
+PIN(PKV_SCALE_PER_HEAD == 1);
+PIN(PKV_SCALE_MODE_FORCE32 == 0x7FFFFFFF);
+
+PIN(PKV_MAX_DIMS == 6);
+PIN(PKV_VERSION == PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH);
+
+/* --------------------------------------------------------------------- structs (x86-64) */
+#if defined(__x86_64__) && defined(__LP64__)
+#define PKV_ABI_PINNED_LAYOUT 1
+
+PIN(sizeof(pkv_stream) == 8);
+
+PIN(sizeof(pkv_device) == 8);
+PIN(_Alignof(pkv_device) == 4);
+PIN(offsetof(pkv_device, type) == 0);
+PIN(offsetof(pkv_device, id) == 4);
+
+PIN(sizeof(pkv_tensor) == 120);
+PIN(_Alignof(pkv_tensor) == 8);
+PIN(offsetof(pkv_tensor, data) == 0);
+PIN(offsetof(pkv_tensor, dtype) == 8);
+PIN(offsetof(pkv_tensor, device) == 12);
+PIN(offsetof(pkv_tensor, ndim) == 20);
+PIN(offsetof(pkv_tensor, shape) == 24);
+PIN(offsetof(pkv_tensor, strides) == 72);
+
+PIN(sizeof(pkv_cache_view) == 152);
+PIN(_Alignof(pkv_cache_view) == 8);
+PIN(offsetof(pkv_cache_view, struct_size) == 0);
+PIN(offsetof(pkv_cache_view, flags) == 8);
+PIN(offsetof(pkv_cache_view, format) == 12);
+PIN(offsetof(pkv_cache_view, device) == 16);
+PIN(offsetof(pkv_cache_view, num_blocks) == 24);
+PIN(offsetof(pkv_cache_view, block_size) == 32);
+PIN(offsetof(pkv_cache_view, num_heads) == 40);
+PIN(offsetof(pkv_cache_view, head_size_k) == 48);
+PIN(offsetof(pkv_cache_view, head_size_v) == 56);
+PIN(offsetof(pkv_cache_view, k_data) == 64);
+PIN(offsetof(pkv_cache_view, v_data) == 72);
+PIN(offsetof(pkv_cache_view, k_stride_block) == 80);
+PIN(offsetof(pkv_cache_view, k_stride_slot) == 88);
+PIN(offsetof(pkv_cache_view, k_stride_head) == 96);
+PIN(offsetof(pkv_cache_view, v_stride_block) == 104);
+PIN(offsetof(pkv_cache_view, v_stride_slot) == 112);
+PIN(offsetof(pkv_cache_view, v_stride_head) == 120);
+PIN(offsetof(pkv_cache_view, scale_mode) == 128);
+PIN(offsetof(pkv_cache_view, k_scale) == 136);
+PIN(offsetof(pkv_cache_view, v_scale) == 144);
+#else
+#define PKV_ABI_PINNED_LAYOUT 0
+#endif
+
+int main(void) {
+    /* Runtime side: the library agrees on the struct size it was built with. */
+    pkv_cache_view view;
+    if (pkv_cache_view_init(&view, sizeof view) != PKV_SUCCESS ||
+        view.struct_size != sizeof(pkv_cache_view)) {
+        fprintf(stderr, "abi_layout: pkv_cache_view_init disagrees on sizeof(pkv_cache_view)\n");
+        return 1;
+    }
+    printf("abi_layout: %s; sizeof pkv_device=%zu pkv_tensor=%zu pkv_cache_view=%zu\n",
+           PKV_ABI_PINNED_LAYOUT ? "x86-64 layout pinned" : "enum values pinned (layout "
+                                                             "not pinned on this platform)",
+           sizeof(pkv_device), sizeof(pkv_tensor), sizeof(pkv_cache_view));
+    return 0;
+}
