@@ -171,7 +171,10 @@ PKV_API pkv_status pkv_free(void *ptr, pkv_device device);
  */
 PKV_API pkv_status pkv_copy(void *dst, pkv_device dst_device, const void *src, pkv_device src_device,
                             size_t bytes, pkv_stream stream);
-/** Block until all work on `stream` is done (cudaStreamSynchronize). No-op without CUDA. */
+/**
+ * Block until all work on `stream` is done (cudaStreamSynchronize). A no-op in a build without
+ * CUDA, and for the NULL stream when no CUDA driver or device is present.
+ */
 PKV_API pkv_status pkv_stream_synchronize(pkv_stream stream);
 
 /* ---------------------------------------------------------------- cache view -------------- */
@@ -207,8 +210,9 @@ typedef enum pkv_scale_mode {
  *   K/V interleaved [NB,2,BS,H,D]: block=2*BS*H*D*e, v_data = k_data + BS*H*D*e
  *   K|V packed in the last dim [NB,BS,H,2D]: head=2D*e, v_data = k_data + D*e
  *   padded pages: a block stride larger than the payload.
- * A stride of 0 means the NHD default computed from the sizes. Strides must be positive, and
- * the last dimension is contiguous. The same slot of K and V is written by the same token.
+ * A stride of 0 means the NHD default computed from the sizes. Strides must be non-negative
+ * multiples of the element size, k_data / v_data aligned to it, and the last dimension is
+ * contiguous. The same slot of K and V is written by the same token.
  *
  * Scales (FP8 formats only; ignored otherwise) are float32 on the cache's device, read by the
  * kernel at run time (so they may change between CUDA-graph replays): one value, or num_heads
@@ -259,8 +263,10 @@ PKV_API pkv_status pkv_cache_view_check(const pkv_cache_view *view);
  *
  * @param[in] cache     the destination cache view (its memory is written).
  * @param[in] key       [T_pad, num_heads, head_size_k], f32 / f16 / bf16, on the cache's device;
- *                      any row and head stride, last stride 1.
- * @param[in] value     [T_pad, num_heads, head_size_v], same rules; NULL iff cache->v_data is NULL.
+ *                      any non-negative row and head stride, last stride 1, data aligned to the
+ *                      element size. (FP8 inputs: PKV_ERROR_NOT_SUPPORTED.)
+ * @param[in] value     [T_pad, num_heads, head_size_v], same rules and the same dtype as key;
+ *                      NULL iff cache->v_data is NULL.
  * @param[in] slot_mapping [T] int32 or int64 (any stride): token t goes to
  *                      block = slot / block_size, offset = slot % block_size. T is the token
  *                      count (key and value may carry more rows: they are not read). A negative
@@ -273,8 +279,9 @@ PKV_API pkv_status pkv_cache_view_check(const pkv_cache_view *view);
  *                      synchronously on the calling thread and its OpenMP workers).
  *
  * Formats: a plain float cache (F32/F16/BF16) stores the input converted with round-to-nearest-
- * even (an exact copy when the dtypes match); FP8 stores sat_finite_rne(x / scale) computed in
- * float32 (division, not reciprocal multiplication: bit-identical to vLLM's CUDA kernel).
+ * even (an exact copy when the dtypes match); FP8 stores sat_finite_rne(x / scale) of the
+ * float32 quotient: the same code as a true division (bit-identical to vLLM's CUDA kernel),
+ * never the code of x * (1 / scale).
  * Two tokens mapped to the same slot: which one lands is unspecified.
  *
  * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL pointer, shape / stride / dtype
@@ -297,17 +304,19 @@ PKV_API pkv_status pkv_write_kv(const pkv_cache_view *cache, const pkv_tensor *k
  * slot (block_table[b][p / block_size], p % block_size).
  *
  * @param[out] out_key   [N, num_heads, head_size_k], f32 / f16 / bf16, on the cache's device;
- *                       any row and head stride, last stride 1. Rows past cu_seq_lens[B] are
- *                       not written, so N may be an upper bound (no host sync needed).
- * @param[out] out_value [N, num_heads, head_size_v]; NULL to skip V (required when the cache
- *                       has no V).
+ *                       any non-negative row and head stride, last stride 1. Rows past
+ *                       cu_seq_lens[B] are not written, so N may be an upper bound (no host sync
+ *                       needed). (FP8 outputs: PKV_ERROR_NOT_SUPPORTED.)
+ * @param[out] out_value [N, num_heads, head_size_v], the dtype of out_key; NULL to skip V
+ *                       (required when the cache has no V).
  * @param[in] cache      the source cache view.
  * @param[in] block_table [B, max_blocks] int32, row stride >= max_blocks allowed, last stride 1.
- * @param[in] cu_seq_lens [B + 1] int32, non-decreasing, cu_seq_lens[0] = 0.
- * @param[in] seq_starts  optional [B] int32: the cache position of each request's first row.
- * @param[in,out] out_of_range_count optional int64 on the cache's device: incremented for each
- *                       row whose block index runs past max_blocks or whose block id is outside
- *                       [0, num_blocks); such rows are left unwritten.
+ * @param[in] cu_seq_lens [B + 1] int32, contiguous, non-decreasing, cu_seq_lens[0] = 0.
+ * @param[in] seq_starts  optional [B] int32, contiguous: the cache position of each request's
+ *                       first row.
+ * @param[in,out] out_of_range_count optional int64 on the cache's device: incremented once for
+ *                       each row whose position is negative or runs past max_blocks, or whose
+ *                       block id is outside [0, num_blocks); such rows are left unwritten.
  * @param stream         CUDA stream for a CUDA cache; ignored for a CPU cache.
  *
  * Dequantization: plain formats convert with round-to-nearest-even (exact copy for equal

@@ -34,14 +34,54 @@ template <Elem E> PKV_HD storage_t<E> from_f32(float f) {
     else return fmt::f32_to_e5m2(f);
 }
 
+// The FP8 scale with its correctly rounded reciprocal, made once per scale so that each
+// element costs a multiply and two FMAs instead of a full division.
+struct Fp8Divisor {
+    float scale = 1.0f, reciprocal = 1.0f;
+    bool fast = true;  // |scale| in [2^-40, 2^40]: fp8_quotient_fast applies
+};
+
+PKV_HD Fp8Divisor make_fp8_divisor(float scale) {
+    Fp8Divisor d;
+    d.scale = scale;
+    d.reciprocal = 1.0f / scale;
+    const float a = scale < 0 ? -scale : scale;
+    d.fast = a >= 0x1p-40f && a <= 0x1p40f;
+    return d;
+}
+
+PKV_HD float fma_f32(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+    return __fmaf_rn(a, b, c);
+#else
+    return __builtin_fmaf(a, b, c);
+#endif
+}
+
+// x / d.scale for FP8 encoding when d.fast: gives the same FP8 code as the IEEE float32
+// quotient (vLLM's x / scale) for every x. For |q0| in [2^-20, 2^64) one Markstein step (exact
+// residual by FMA, then q0 + residual * reciprocal) is the correctly rounded quotient. Outside
+// that range q0 is returned: every candidate quotient there has the same FP8 code (below 2^-17
+// both formats round to a signed zero, from 2^64 both saturate) and NaN / inf propagate as in a
+// division. Straight-line code: no division, no call. tests/gtest/formats_device.cu checks it.
+PKV_HD float fp8_quotient_fast(float x, const Fp8Divisor &d) {
+    const float q0 = x * d.reciprocal;
+    const float a = q0 < 0 ? -q0 : q0;
+    const float residual = fma_f32(-d.scale, q0, x);
+    const float q1 = fma_f32(residual, d.reciprocal, q0);
+    return (a >= 0x1p-20f && a < 0x1p64f) ? q1 : q0;
+}
+
+PKV_HD float fp8_quotient(float x, const Fp8Divisor &d) { return d.fast ? fp8_quotient_fast(x, d) : x / d.scale; }
+
 // Write path: one input element -> one cache element. Equal types copy the bits (NaN payloads
-// included); FP8 caches store sat_finite_rne(x / scale) computed in float32.
-template <Elem In, Elem Cache> PKV_HD storage_t<Cache> encode_for_cache(storage_t<In> x, float scale) {
+// included); FP8 caches store sat_finite_rne(x / scale), the quotient as fp8_quotient gives it.
+template <Elem In, Elem Cache> PKV_HD storage_t<Cache> encode_for_cache(storage_t<In> x, const Fp8Divisor &d) {
     if constexpr (In == Cache) {
         return x;
     } else {
         float f = to_f32<In>(x);
-        if constexpr (elem_is_fp8(Cache)) f = f / scale;
+        if constexpr (elem_is_fp8(Cache)) f = fp8_quotient(f, d);
         return from_f32<Cache>(f);
     }
 }

@@ -12,10 +12,10 @@ void write_head_row(const char *src, char *dst, int64_t d, const float *scale_pt
     if constexpr (In == Cache) {
         std::memcpy(dst, src, size_t(d) * sizeof(storage_t<In>));
     } else {
-        const float scale = scale_ptr ? *scale_ptr : 1.0f;
+        const Fp8Divisor divisor = make_fp8_divisor(scale_ptr ? *scale_ptr : 1.0f);
         const auto *s = reinterpret_cast<const storage_t<In> *>(src);
         auto *o = reinterpret_cast<storage_t<Cache> *>(dst);
-        for (int64_t i = 0; i < d; ++i) o[i] = encode_for_cache<In, Cache>(s[i], scale);
+        for (int64_t i = 0; i < d; ++i) o[i] = encode_for_cache<In, Cache>(s[i], divisor);
     }
 }
 

@@ -41,7 +41,12 @@ void cuda_copy(void *dst, const void *src, size_t bytes, pkv_stream stream) {
 }
 
 void cuda_stream_synchronize(pkv_stream stream) {
-    cuda_check(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+    const cudaError_t e = cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream));
+    if (stream == nullptr && (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)) {
+        (void)cudaGetLastError();  // nothing can have been enqueued: no device to wait for
+        return;
+    }
+    cuda_check(e, "cudaStreamSynchronize");
 }
 
 }  // namespace pkv
