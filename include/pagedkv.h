@@ -329,6 +329,287 @@ PKV_API pkv_status pkv_gather_kv(const pkv_tensor *out_key, const pkv_tensor *ou
                                  const pkv_tensor *cu_seq_lens, const pkv_tensor *seq_starts,
                                  int64_t *out_of_range_count, pkv_stream stream);
 
+/* ================================================================ handles (pool, tables, slots)
+ *
+ * A pkv_pool owns the cache memory of a schema of layers on one device, in ONE allocation laid
+ * out block-major: block b holds every layer's K and V for its block_size tokens
+ * ([num_blocks][layer][K, V][layer layout]), so the blocks of all layers move together as one
+ * contiguous run of bytes_per_block bytes. Each layer is exposed as a pkv_cache_view usable with
+ * every op above. The pool also keeps the host-side block allocator (free list, reference
+ * counts) and an optional pinned host tier of blocks with the same layout, for offload.
+ *
+ * Handles are opaque, used through pointers; destroy(NULL) is a no-op. A block table or slots
+ * object borrows its pool: destroying a pool with live children returns PKV_ERROR_BUSY.
+ * Threading: one handle is used by one thread at a time (external synchronization); distinct
+ * handles may be used concurrently, children of one pool included (the pool's allocator is
+ * internally locked). Functions marked "Thread-safe" only read immutable state.
+ */
+typedef struct pkv_pool pkv_pool;
+typedef struct pkv_block_table pkv_block_table;
+typedef struct pkv_slots pkv_slots;
+
+/** Head layout of a pool layer inside a block. */
+typedef enum pkv_head_layout {
+    PKV_HEAD_LAYOUT_NHD = 0, /**< [block_size, num_heads, head_size] */
+    PKV_HEAD_LAYOUT_HND = 1, /**< [num_heads, block_size, head_size] */
+    PKV_HEAD_LAYOUT_FORCE32 = 0x7FFFFFFF
+} pkv_head_layout;
+
+/** Where a block lives. */
+typedef enum pkv_tier {
+    PKV_TIER_DEVICE = 0, /**< the pool's device (GPU memory, or host memory for a CPU pool) */
+    PKV_TIER_HOST = 1,   /**< the pinned host tier (num_host_blocks) */
+    PKV_TIER_FORCE32 = 0x7FFFFFFF
+} pkv_tier;
+
+/** Layer flags. */
+#define PKV_LAYER_K_ONLY 0x1u /**< no V (MLA latent cache) */
+
+/** One layer of a pool's schema. */
+typedef struct pkv_layer_spec {
+    size_t struct_size;         /**< sizeof(pkv_layer_spec) */
+    uint32_t flags;             /**< PKV_LAYER_* */
+    pkv_cache_format format;
+    pkv_head_layout layout;
+    pkv_scale_mode scale_mode;  /**< FP8 formats: per tensor or per head (scales start at 1.0) */
+    int64_t num_heads;
+    int64_t head_size_k;
+    int64_t head_size_v;        /**< 0 = head_size_k */
+} pkv_layer_spec;
+
+#define PKV_LAYER_SPEC_INIT {sizeof(pkv_layer_spec), 0, PKV_CACHE_FORMAT_UNSET, PKV_HEAD_LAYOUT_NHD, \
+                             PKV_SCALE_PER_TENSOR, 0, 0, 0}
+
+typedef struct pkv_pool_params {
+    size_t struct_size;            /**< sizeof(pkv_pool_params) */
+    uint32_t flags;                /**< reserved, must be 0 */
+    pkv_device device;             /**< CPU or CUDA (id) */
+    int64_t block_size;            /**< tokens per block, > 0 */
+    int64_t num_layers;            /**< > 0 */
+    const pkv_layer_spec *layers;  /**< num_layers specs (copied at creation) */
+    int64_t num_blocks;            /**< device-tier blocks; 0 = as many as memory_bytes holds */
+    size_t memory_bytes;           /**< byte budget used when num_blocks is 0 */
+    int64_t num_host_blocks;       /**< pinned host tier blocks; 0 = no host tier */
+} pkv_pool_params;
+
+#define PKV_POOL_PARAMS_INIT {sizeof(pkv_pool_params), 0, {PKV_DEVICE_CPU, 0}, 0, 0, NULL, 0, 0, 0}
+
+/** Zero *spec / *params and set struct_size (FFI callers). Thread-safe. */
+PKV_API pkv_status pkv_layer_spec_init(pkv_layer_spec *spec, size_t struct_size);
+PKV_API pkv_status pkv_pool_params_init(pkv_pool_params *params, size_t struct_size);
+
+/**
+ * Create a pool: one allocation of num_blocks * bytes_per_block on the device (contents
+ * undefined), the scales of FP8 layers set to 1.0, and the host tier if asked for. For a CUDA
+ * pool the device is made current for the allocations and restored after.
+ * @param[out] out   the new pool; NULL on failure.
+ * @return PKV_ERROR_INVALID_ARGUMENT (bad params; message names the field and layer),
+ *         PKV_ERROR_OUT_OF_DEVICE_MEMORY / PKV_ERROR_OUT_OF_HOST_MEMORY, PKV_ERROR_NOT_SUPPORTED
+ *         (CUDA pool in a build without CUDA), PKV_ERROR_STRUCT_SIZE.
+ * Not enqueue-only: allocates and synchronizes.
+ */
+PKV_API pkv_status pkv_pool_create(pkv_pool **out, const pkv_pool_params *params);
+/** Destroy a pool. NULL is a no-op. PKV_ERROR_BUSY (nothing destroyed) while block tables or
+ *  slots objects of the pool are alive. */
+PKV_API pkv_status pkv_pool_destroy(pkv_pool *pool);
+
+/** Layer `layer` of the pool as a cache view (tier DEVICE or HOST; HOST views are CPU views
+ *  of the pinned tier). PKV_ERROR_INVALID_ARGUMENT for a bad layer, PKV_ERROR_INVALID_STATE for
+ *  HOST without a host tier. Thread-safe. */
+PKV_API pkv_status pkv_pool_layer_view(pkv_cache_view *out, const pkv_pool *pool, int64_t layer, pkv_tier tier);
+
+typedef struct pkv_pool_stats {
+    size_t struct_size;         /**< in: sizeof(pkv_pool_stats) */
+    int64_t block_size;
+    int64_t num_layers;
+    int64_t total_blocks, free_blocks;           /**< device tier */
+    int64_t total_host_blocks, free_host_blocks; /**< host tier */
+    int64_t bytes_per_block;    /**< all layers, K and V, padding included */
+} pkv_pool_stats;
+
+/** Snapshot of the allocator's counters. Set out->struct_size first. Thread-safe with respect
+ *  to allocator calls on other threads (the counters are read under the allocator's lock). */
+PKV_API pkv_status pkv_pool_get_stats(pkv_pool_stats *out, const pkv_pool *pool);
+/** Bytes one token occupies in layer `layer` (K and V, scales excluded). Thread-safe. */
+PKV_API pkv_status pkv_pool_bytes_per_token(int64_t *out, const pkv_pool *pool, int64_t layer);
+
+/**
+ * Set a layer's FP8 scales (1 float each, or num_heads with PKV_SCALE_PER_HEAD) from host
+ * memory; enqueued on `stream` for a CUDA pool (the host arrays may be reused on return).
+ * PKV_ERROR_INVALID_ARGUMENT for a non-FP8 layer.
+ */
+PKV_API pkv_status pkv_pool_set_scales(pkv_pool *pool, int64_t layer, const float *k_scales,
+                                       const float *v_scales, pkv_stream stream);
+
+/* ---- block allocator: O(1) per block, reference counted. Thread-safe (internally locked). */
+
+/** Allocate n blocks of a tier (reference count 1) into out_ids[n]. PKV_ERROR_OUT_OF_BLOCKS
+ *  when fewer than n are free: nothing is allocated. */
+PKV_API pkv_status pkv_pool_alloc_blocks(int32_t *out_ids, pkv_pool *pool, pkv_tier tier, int64_t n);
+/** Add one reference to each of n blocks. */
+PKV_API pkv_status pkv_pool_retain_blocks(pkv_pool *pool, pkv_tier tier, const int32_t *ids, int64_t n);
+/** Drop one reference from each of n blocks; a block is free again at zero. Ids that are not
+ *  allocated: PKV_ERROR_INVALID_ARGUMENT and nothing changes. */
+PKV_API pkv_status pkv_pool_release_blocks(pkv_pool *pool, pkv_tier tier, const int32_t *ids, int64_t n);
+/** Current reference count of a block (0 = free). */
+PKV_API pkv_status pkv_pool_block_refcount(int32_t *out, const pkv_pool *pool, pkv_tier tier, int32_t id);
+
+/* ---- block moves (all layers of a block at once) ---- */
+
+/**
+ * Copy blocks inside the device tier, every layer in ONE launch (copy-on-write).
+ * @param pairs [P, 2] int32 or int64 (src, dst) block ids, contiguous, on the pool's device
+ *              (read at run time: graph capturable). Ids outside [0, num_blocks) are skipped.
+ */
+PKV_API pkv_status pkv_pool_copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream);
+
+/**
+ * Move whole blocks between tiers or within the device tier, batched: dst_tier block
+ * dst_ids[i] receives src_tier block src_ids[i] (all layers). The id arrays are host memory,
+ * read before return. For a CUDA pool the copies are enqueued on `stream` (runs of consecutive
+ * ids become one cudaMemcpyAsync); a CPU pool copies synchronously. Allocation and reference
+ * counts are the caller's business (offload = alloc host blocks, swap D2H, release device
+ * blocks). PKV_ERROR_INVALID_ARGUMENT for an id out of range.
+ */
+PKV_API pkv_status pkv_pool_swap_blocks(pkv_pool *pool, pkv_tier src_tier, const int32_t *src_ids,
+                                        pkv_tier dst_tier, const int32_t *dst_ids, int64_t n,
+                                        pkv_stream stream);
+
+/** Order of blocks in a transfer buffer. */
+typedef enum pkv_block_order {
+    PKV_BLOCK_ORDER_BLOCK_MAJOR = 0, /**< [n][bytes_per_block]: a block's layers together */
+    PKV_BLOCK_ORDER_LAYER_MAJOR = 1, /**< [layer][n][layer bytes per block] */
+    PKV_BLOCK_ORDER_FORCE32 = 0x7FFFFFFF
+} pkv_block_order;
+
+/**
+ * Gather device-tier blocks (all layers) into one contiguous buffer of n * bytes_per_block
+ * bytes (KV transfer, storage), or scatter such a buffer back into blocks.
+ * @param block_ids [n] int32 or int64 on the pool's device (read at run time); ids outside the
+ *                  pool are skipped (their part of the buffer is left / not read).
+ * @param buffer    device memory of the pool's device, or pinned host memory (the kernel
+ *                  reads / writes it through the mapping), or host memory for a CPU pool.
+ * One launch for a CUDA pool; graph capturable.
+ */
+PKV_API pkv_status pkv_pool_gather_blocks(void *buffer, pkv_device buffer_device, pkv_block_order order,
+                                          const pkv_pool *pool, const pkv_tensor *block_ids, pkv_stream stream);
+PKV_API pkv_status pkv_pool_scatter_blocks(pkv_pool *pool, const pkv_tensor *block_ids, const void *buffer,
+                                           pkv_device buffer_device, pkv_block_order order, pkv_stream stream);
+
+/* ---- block tables ---- */
+
+typedef struct pkv_block_table_params {
+    size_t struct_size;       /**< sizeof(pkv_block_table_params) */
+    uint32_t flags;           /**< reserved, must be 0 */
+    int64_t max_batch;        /**< rows of the device mirror; 0 = 256 */
+    int64_t max_blocks;       /**< columns of the device mirror (blocks per request); 0 = 512 */
+    int64_t max_tokens;       /**< new tokens per upload (slot mapping length); 0 = 8192 */
+} pkv_block_table_params;
+
+#define PKV_BLOCK_TABLE_PARAMS_INIT {sizeof(pkv_block_table_params), 0, 0, 0, 0}
+PKV_API pkv_status pkv_block_table_params_init(pkv_block_table_params *params, size_t struct_size);
+
+/** Create a block table over a pool (params NULL = defaults). Allocates the device mirror
+ *  (fixed addresses for the table's lifetime) and its pinned staging. Not enqueue-only. */
+PKV_API pkv_status pkv_block_table_create(pkv_block_table **out, pkv_pool *pool, const pkv_block_table_params *params);
+/** Release every request's blocks and free the table. NULL is a no-op. Synchronizes with its
+ *  last upload. */
+PKV_API pkv_status pkv_block_table_destroy(pkv_block_table *table);
+
+/** Add an empty request. PKV_ERROR_INVALID_ARGUMENT if the id exists. */
+PKV_API pkv_status pkv_block_table_add(pkv_block_table *table, uint64_t request);
+/**
+ * Append n tokens to a request: allocates blocks as needed and writes the new tokens' slots to
+ * out_slots[n] (host, may be NULL). If the request's partial last block is shared (after a
+ * fork) it is first replaced by a private copy: the copy (all layers) is enqueued on `stream`
+ * before return (copy-on-write). PKV_ERROR_OUT_OF_BLOCKS: nothing changed, nothing enqueued.
+ */
+PKV_API pkv_status pkv_block_table_append(int64_t *out_slots, pkv_block_table *table, uint64_t request,
+                                          int64_t n, pkv_stream stream);
+/** New request `child` sharing all of `parent`'s blocks (reference counts up) and tokens. */
+PKV_API pkv_status pkv_block_table_fork(pkv_block_table *table, uint64_t parent, uint64_t child);
+/** Keep the first n tokens (n <= current), releasing whole blocks past them (rollback). */
+PKV_API pkv_status pkv_block_table_truncate(pkv_block_table *table, uint64_t request, int64_t n);
+/** Release a request's blocks and forget it. */
+PKV_API pkv_status pkv_block_table_remove(pkv_block_table *table, uint64_t request);
+/** Token count of a request. */
+PKV_API pkv_status pkv_block_table_num_tokens(int64_t *out, const pkv_block_table *table, uint64_t request);
+/** A request's block ids: writes min(count, capacity) ids to out and the count to *count. */
+PKV_API pkv_status pkv_block_table_blocks(int32_t *out, int64_t capacity, int64_t *count,
+                                          const pkv_block_table *table, uint64_t request);
+
+/** The device mirror: tensors at fixed device addresses, valid for the table's lifetime. */
+typedef struct pkv_batch_mirror {
+    size_t struct_size;         /**< in: sizeof(pkv_batch_mirror) */
+    pkv_tensor block_table;     /**< [max_batch, max_blocks] int32; unused entries 0 */
+    pkv_tensor slot_mapping;    /**< [max_tokens] int64; unused entries -1 (padding) */
+    pkv_tensor seq_lens;        /**< [max_batch] int32 tokens per request after the step; unused 0 */
+    pkv_tensor query_start_loc; /**< [max_batch + 1] int32 prefix sums of new tokens; unused = total */
+    int64_t batch;              /**< rows filled by the last upload */
+    int64_t num_tokens;         /**< slots filled by the last upload */
+} pkv_batch_mirror;
+
+/**
+ * Fill the device mirror for a batch: row b is requests[b] with its blocks, seq_lens[b] its
+ * token count, and its last new_tokens[b] tokens are the step's new tokens (slot mapping and
+ * query_start_loc). Built in pinned staging and copied with one cudaMemcpyAsync on `stream`
+ * (CPU pool: written directly). Waits (host) only for this table's previous upload copy, so
+ * staging is never overwritten in flight. PKV_ERROR_INVALID_ARGUMENT when the batch, a
+ * request's blocks or the tokens exceed the mirror's capacity, or a request is unknown.
+ */
+PKV_API pkv_status pkv_block_table_upload(pkv_block_table *table, const uint64_t *requests,
+                                          const int64_t *new_tokens, int64_t batch, pkv_stream stream);
+/** Describe the mirror (addresses never change; batch / num_tokens of the last upload). */
+PKV_API pkv_status pkv_block_table_mirror(pkv_batch_mirror *out, const pkv_block_table *table);
+
+/* ---- request slots: ids in [0, max_requests) indexing per-request state ---- */
+
+/** Create a slots object over a pool's device. Not enqueue-only. */
+PKV_API pkv_status pkv_slots_create(pkv_slots **out, pkv_pool *pool, int32_t max_requests);
+/** Free it. NULL is a no-op. */
+PKV_API pkv_status pkv_slots_destroy(pkv_slots *slots);
+/**
+ * Register a per-request state region on the pool's device: slot s owns bytes
+ * [base + s*slot_stride, base + s*slot_stride + bytes_per_slot), reset to the 32-bit pattern
+ * `fill` on acquire. bytes_per_slot and slot_stride are multiples of 4; at most 16 regions.
+ */
+PKV_API pkv_status pkv_slots_register_region(pkv_slots *slots, void *base, int64_t bytes_per_slot,
+                                             int64_t slot_stride, uint32_t fill);
+/** Take the lowest free slot id and reset its regions with one kernel on `stream`.
+ *  PKV_ERROR_OUT_OF_BLOCKS when all max_requests slots are taken (nothing changes). */
+PKV_API pkv_status pkv_slots_acquire(int32_t *out_slot, pkv_slots *slots, pkv_stream stream);
+/** Give a slot back. PKV_ERROR_INVALID_ARGUMENT if it is not acquired. */
+PKV_API pkv_status pkv_slots_release(pkv_slots *slots, int32_t slot);
+
+/* ================================================================ device-side metadata builders
+ * CUDA-graph capturable (no host sync, no allocation); also on CPU tensors. The output length
+ * T is out_slot_mapping->shape[0]; tokens past the batch's total get -1 (padding).
+ */
+
+/**
+ * Slot mapping of a step's new tokens from a 2-D block table. Token i belongs to request b with
+ * query_start_loc[b] <= i < query_start_loc[b+1]; its position is
+ * seq_lens[b] - (query_start_loc[b+1] - query_start_loc[b]) + (i - query_start_loc[b]), and its
+ * slot block_table[b][pos / block_size] * block_size + pos % block_size.
+ * @param out_slot_mapping [T] int32 or int64. block_table [B, max_blocks] int32 (last stride 1),
+ *        seq_lens [B] int32, query_start_loc [B + 1] int32 (contiguous). Positions outside the
+ *        table give -1.
+ */
+PKV_API pkv_status pkv_build_slot_mapping(const pkv_tensor *out_slot_mapping, const pkv_tensor *block_table,
+                                          const pkv_tensor *seq_lens, const pkv_tensor *query_start_loc,
+                                          int64_t block_size, pkv_stream stream);
+
+/**
+ * Slot mapping from a FlashInfer-style CSR page table: request b owns pages
+ * indices[indptr[b] .. indptr[b+1]), its last page holding last_page_len[b] tokens; its new
+ * tokens are the last append_indptr[b+1] - append_indptr[b] positions. (The batch_indices /
+ * positions step, done on device.) All index tensors int32, contiguous.
+ */
+PKV_API pkv_status pkv_build_slot_mapping_csr(const pkv_tensor *out_slot_mapping, const pkv_tensor *indptr,
+                                              const pkv_tensor *indices, const pkv_tensor *last_page_len,
+                                              const pkv_tensor *append_indptr, int64_t page_size,
+                                              pkv_stream stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
