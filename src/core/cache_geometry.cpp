@@ -48,11 +48,11 @@ uint64_t common_alignment(std::initializer_list<uint64_t> values) {
 
 int vector_elems(int src_elem_bytes, int dst_elem_bytes, int64_t head_size_k, int64_t head_size_v,
                  uint64_t src_alignment, uint64_t dst_alignment) {
-    for (int n = 8; n > 1; n >>= 1) {
-        const uint64_t sb = uint64_t(n) * src_elem_bytes, db = uint64_t(n) * dst_elem_bytes;
-        if (sb > 16 || db > 16) continue;
+    for (int n = 16; n > 1; n >>= 1) {
+        if (!vector_fits(n, src_elem_bytes, dst_elem_bytes)) continue;
         if (head_size_k % n || head_size_v % n) continue;
-        if (src_alignment % sb || dst_alignment % db) continue;
+        const uint64_t sb = uint64_t(n) * src_elem_bytes, db = uint64_t(n) * dst_elem_bytes;
+        if (src_alignment % (sb < 16 ? sb : 16) || dst_alignment % (db < 16 ? db : 16)) continue;
         return n;
     }
     return 1;

@@ -47,9 +47,16 @@ CacheGeometry resolve_cache_view(const pkv_cache_view &view);
 // Rows view of a [N, H, D] tensor of element size `elem_size` (strides in elements -> bytes).
 RowsSide rows_from_tensor(const pkv_tensor &t, int elem_size);
 
-// Largest count of elements in {8, 4, 2, 1} that every row of both sides can move as one
-// aligned vector: divides both head sizes, fits 16 bytes on each side, and keeps every source
-// and destination address aligned to the vector's size. `alignment` folds in addresses and strides.
+// Whether vectors of n elements suit these element sizes: at most 32 bytes a side, and at most
+// one side above 16 bytes (moved as two 16-byte accesses; it lets a 1-byte side use 16 bytes).
+constexpr bool vector_fits(int n, int src_elem_bytes, int dst_elem_bytes) {
+    return n * src_elem_bytes <= 32 && n * dst_elem_bytes <= 32 &&
+           (n * src_elem_bytes <= 16 || n * dst_elem_bytes <= 16);
+}
+
+// Largest count of elements in {16, 8, 4, 2, 1} that every row of both sides can move as
+// aligned vectors: fits (vector_fits), divides both head sizes, and keeps every source and
+// destination access aligned to its size. `alignment` folds in addresses and strides.
 int vector_elems(int src_elem_bytes, int dst_elem_bytes, int64_t head_size_k, int64_t head_size_v,
                  uint64_t src_alignment, uint64_t dst_alignment);
 

@@ -42,7 +42,7 @@ PoolLayout make_pool_layout(int64_t block_size, const pkv_layer_spec *specs, int
 }
 
 pkv_cache_view layer_view(const PoolLayout &layout, int64_t layer, pkv_device device, char *base,
-                          int64_t num_blocks, float *scales) {
+                          int64_t num_blocks, const float *scales) {
     const LayerLayout &l = layout.layers[size_t(layer)];
     pkv_cache_view v = PKV_CACHE_VIEW_INIT;
     v.format = l.spec.format;

@@ -35,6 +35,6 @@ PoolLayout make_pool_layout(int64_t block_size, const pkv_layer_spec *specs, int
 
 // Layer view of a tier whose block 0 starts at `base`; scales from `scales` (may be NULL).
 pkv_cache_view layer_view(const PoolLayout &layout, int64_t layer, pkv_device device, char *base,
-                          int64_t num_blocks, float *scales);
+                          int64_t num_blocks, const float *scales);
 
 }  // namespace pkv

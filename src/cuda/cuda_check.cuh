@@ -19,8 +19,8 @@ inline void cuda_check(cudaError_t e, const char *what) {
 // Reports a failed launch (bad configuration, no device, no kernel image for this arch).
 inline void cuda_check_launch(const char *kernel) { cuda_check(cudaGetLastError(), kernel); }
 
-// N elements of T moved as one aligned access (16 bytes at most).
-template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
+// N elements of T moved as aligned accesses of at most 16 bytes (a 32-byte vector is two).
+template <typename T, int N> struct alignas(sizeof(T) * N > 16 ? 16 : sizeof(T) * N) Vec {
     T v[N];
 };
 
@@ -31,9 +31,10 @@ inline unsigned rows_grid(int64_t rows) {
     return unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
 }
 
-// Calls f(std::integral_constant<int, VEC>{}) for VEC in {1, 2, 4, 8}.
+// Calls f(std::integral_constant<int, VEC>{}) for VEC in {1, 2, 4, 8, 16}.
 template <typename F> void dispatch_vec(int vec, F &&f) {
     switch (vec) {
+        case 16: f(std::integral_constant<int, 16>{}); break;
         case 8: f(std::integral_constant<int, 8>{}); break;
         case 4: f(std::integral_constant<int, 4>{}); break;
         case 2: f(std::integral_constant<int, 2>{}); break;

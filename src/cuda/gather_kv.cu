@@ -89,7 +89,7 @@ void cuda_gather_kv(const GatherArgs &a, pkv_stream stream) {
             dispatch_vec(a.vec, [&](auto vec) {
                 constexpr Elem Cache = decltype(cache)::value, Out = decltype(out)::value;
                 constexpr int V = decltype(vec)::value;
-                if constexpr (!elem_is_fp8(Out) && V * elem_bytes(Out) <= 16 && V * elem_bytes(Cache) <= 16) {
+                if constexpr (!elem_is_fp8(Out) && vector_fits(V, elem_bytes(Cache), elem_bytes(Out))) {
                     gather_kv_kernel<Cache, Out, V>
                         <<<grid, kWarpsPerBlock * 32, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
                 }

@@ -35,12 +35,20 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
     const WriteArgs &a = p.a;
     const int64_t total = a.num_tokens * int64_t(p.units_token.divisor);
     const int64_t num_slots = a.cache.num_slots();
+    // Per-tensor FP8 scales: one divisor (with its reciprocal) per thread, not per vector.
+    Fp8Divisor k_divisor, v_divisor;
+    if constexpr (kScaled) {
+        if (!a.cache.per_head_scale) {
+            k_divisor = make_fp8_divisor(a.cache.k.scale ? *a.cache.k.scale : 1.0f);
+            v_divisor = make_fp8_divisor(a.cache.v.scale ? *a.cache.v.scale : 1.0f);
+        }
+    }
     for (int64_t base = int64_t(blockIdx.x) * (kThreads * U) + threadIdx.x; base < total;
          base += int64_t(gridDim.x) * (kThreads * U)) {
         int64_t slot[U];
         uint32_t rest[U], head[U], chunk[U];
         Vec<S, VEC> in[U];
-        float scale[U];
+        Fp8Divisor divisor[U];
 #pragma unroll
         for (int i = 0; i < U; ++i) {
             const int64_t u = base + i * kThreads;
@@ -63,10 +71,13 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
             const RowsSide &src = is_v ? a.value : a.key;
             in[i] = *reinterpret_cast<const Vec<S, VEC> *>(src.data + src.offset(t, head[i]) +
                                                            int64_t(chunk[i]) * (VEC * sizeof(S)));
-            scale[i] = 1.0f;
             if constexpr (kScaled) {
-                const float *sp = is_v ? a.cache.v.scale : a.cache.k.scale;
-                if (sp) scale[i] = sp[a.cache.per_head_scale ? head[i] : 0];
+                if (a.cache.per_head_scale) {
+                    const float *sp = is_v ? a.cache.v.scale : a.cache.k.scale;
+                    divisor[i] = make_fp8_divisor(sp ? sp[head[i]] : 1.0f);
+                } else {
+                    divisor[i] = is_v ? v_divisor : k_divisor;
+                }
             }
         }
 #pragma unroll
@@ -92,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
             if constexpr (kScaled && VEC % 2 == 0) {
                 // fp8_quotient with its scale test hoisted out of the element loop, and the
                 // hardware converting pairs (one independent instruction per two elements).
-                const Fp8Divisor d = make_fp8_divisor(scale[i]);
+                const Fp8Divisor &d = divisor[i];
                 float q[VEC];
                 if (d.fast) {
 #pragma unroll
@@ -108,9 +119,8 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
                     out.v[e + 1] = uint8_t(pair >> 8);
                 }
             } else {
-                const Fp8Divisor d = make_fp8_divisor(scale[i]);
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], d);
+                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], divisor[i]);
             }
             *reinterpret_cast<Vec<D, VEC> *>(dst.data + dst.offset(block, offset, head[i]) +
                                              int64_t(chunk[i]) * (VEC * sizeof(D))) = out;
@@ -137,7 +147,7 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
             dispatch_vec(a.vec, [&](auto vec) {
                 constexpr Elem In = decltype(in)::value, Cache = decltype(cache)::value;
                 constexpr int V = decltype(vec)::value;
-                if constexpr (!elem_is_fp8(In) && V * elem_bytes(In) <= 16 && V * elem_bytes(Cache) <= 16) {
+                if constexpr (!elem_is_fp8(In) && vector_fits(V, elem_bytes(In), elem_bytes(Cache))) {
                     constexpr int kLarge = large_call_units<Cache>();
                     const bool large = total >= kLargeCallUnits;
                     const int64_t per_block = int64_t(kThreads) * (large ? kLarge : 1);
