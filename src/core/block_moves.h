@@ -145,7 +145,7 @@ template <typename F> void for_each_block_run(const SwapArgs &a, F &&fn) {
 
 // CUDA LAYER_MAJOR launches carry the per-layer table as a kernel parameter (no device
 // allocation per call); pools with more layers get PKV_ERROR_NOT_SUPPORTED for that order.
-constexpr int64_t kMaxLayerMajorLayers = 768;
+constexpr int64_t kMaxLayerMajorLayers = 448;
 
 // CPU backend (src/cpu/): synchronous.
 void cpu_copy_blocks(const FlatBlockCopy &c);

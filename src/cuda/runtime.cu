@@ -1,4 +1,5 @@
 // Device count, memory and stream helpers of the public API.
+#include "core/cuda_runtime.h"
 #include "core/ops.h"
 #include "cuda/cuda_check.cuh"
 
@@ -47,6 +48,50 @@ void cuda_stream_synchronize(pkv_stream stream) {
         return;
     }
     cuda_check(e, "cudaStreamSynchronize");
+}
+
+// ---- handles (core/cuda_runtime.h)
+
+namespace {
+// Makes `device` current for its lifetime (creation-time calls only, never on enqueue paths).
+struct CurrentDevice {
+    int previous = 0;
+    explicit CurrentDevice(int device) {
+        cuda_check(cudaGetDevice(&previous), "cudaGetDevice");
+        cuda_check(cudaSetDevice(device), "cudaSetDevice");
+    }
+    ~CurrentDevice() { cudaSetDevice(previous); }
+};
+}  // namespace
+
+void *cuda_event_create(pkv_device device) {
+    CurrentDevice current(device.id);
+    cudaEvent_t e = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    return e;
+}
+
+void cuda_event_destroy(void *event) noexcept {
+    if (event) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
+void cuda_event_record(void *event, pkv_stream stream) {
+    cuda_check(cudaEventRecord(static_cast<cudaEvent_t>(event), reinterpret_cast<cudaStream_t>(stream)),
+               "cudaEventRecord");
+}
+
+void cuda_event_synchronize(void *event) {
+    cuda_check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+}
+
+void cuda_copy_blocking(pkv_device device, void *dst, const void *src, size_t bytes) {
+    CurrentDevice current(device.id);
+    cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy");
+}
+
+void cuda_free_noexcept(void *ptr, pkv_device device) noexcept {
+    if (device.type == PKV_DEVICE_CUDA_HOST) (void)cudaFreeHost(ptr);
+    else (void)cudaFree(ptr);
 }
 
 }  // namespace pkv
