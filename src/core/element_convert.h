@@ -69,16 +69,17 @@ PKV_HD float fma_f32(float a, float b, float c) {
 
 // x / d.scale for FP8 encoding when d.fast: gives the same FP8 code as the IEEE float32
 // quotient (vLLM's x / scale) for every x. For |q0| in [2^-20, 2^64) one Markstein step (exact
-// residual by FMA, then q0 + residual * reciprocal) is the correctly rounded quotient. Below
-// 2^-20 the step may be inexact, but every candidate there is below 2^-17 with the sign of
-// x / scale, which both FP8 formats round to the same signed zero. From 2^64 (and for inf /
-// NaN, where the step would make NaN of inf) q0 is returned: both formats saturate, NaN stays
-// NaN. Straight-line code: no division, no call. tests/gtest/fp8_quotient_*.cpp check it.
+// residual by FMA, then q0 + residual * reciprocal) is the correctly rounded quotient. Outside
+// that range q0 is returned: every candidate quotient there has the same FP8 code (below 2^-17
+// both formats round to a zero with the sign of x / scale, which q0 has — the FMA step would
+// turn -0 into +0; from 2^64 both saturate) and NaN / inf propagate as in a division.
+// Straight-line code: no division, no call. tests/gtest/fp8_quotient_*.cpp check it.
 PKV_HD float fp8_quotient_fast(float x, const Fp8Divisor &d) {
     const float q0 = x * d.reciprocal;
+    const float a = abs_f32(q0);
     const float residual = fma_f32(-d.scale, q0, x);
     const float q1 = fma_f32(residual, d.reciprocal, q0);
-    return abs_f32(q0) < 0x1p64f ? q1 : q0;
+    return (a >= 0x1p-20f && a < 0x1p64f) ? q1 : q0;
 }
 
 PKV_HD float fp8_quotient(float x, const Fp8Divisor &d) { return d.fast ? fp8_quotient_fast(x, d) : x / d.scale; }

@@ -41,8 +41,11 @@ TEST(Fp8Quotient, CpuMatchesDivisionCodes) {
     std::uniform_int_distribution<uint32_t> bits;
     for (float scale : test_scales()) {
         const pkv::Fp8Divisor d = pkv::make_fp8_divisor(scale);
-        for (int i = 0; i < 200000; ++i) {
-            const float x = from_bits(bits(rng));
+        for (int i = 0; i < 200000 + 8; ++i) {
+            // First the signed zeros and the smallest values, then random bit patterns.
+            static const uint32_t fixed[8] = {0x00000000u, 0x80000000u, 0x00000001u, 0x80000001u,
+                                              0x00800000u, 0x80800000u, 0x7f800000u, 0xff800000u};
+            const float x = from_bits(i < 8 ? fixed[i] : bits(rng));
             const float fast = pkv::fp8_quotient(x, d), exact = x / scale;
             ASSERT_EQ(pkv::fmt::f32_to_e4m3(fast), pkv::fmt::f32_to_e4m3(exact)) << "scale " << scale << " x " << x;
             ASSERT_EQ(pkv::fmt::f32_to_e5m2(fast), pkv::fmt::f32_to_e5m2(exact)) << "scale " << scale << " x " << x;
