@@ -374,7 +374,7 @@ typedef struct pkv_layer_spec {
     pkv_scale_mode scale_mode;  /**< FP8 formats: per tensor or per head (scales start at 1.0) */
     int64_t num_heads;
     int64_t head_size_k;
-    int64_t head_size_v;        /**< 0 = head_size_k */
+    int64_t head_size_v;        /**< 0 = head_size_k; must be 0 with PKV_LAYER_K_ONLY */
 } pkv_layer_spec;
 
 #define PKV_LAYER_SPEC_INIT {sizeof(pkv_layer_spec), 0, PKV_CACHE_FORMAT_UNSET, PKV_HEAD_LAYOUT_NHD, \
@@ -383,11 +383,13 @@ typedef struct pkv_layer_spec {
 typedef struct pkv_pool_params {
     size_t struct_size;            /**< sizeof(pkv_pool_params) */
     uint32_t flags;                /**< reserved, must be 0 */
-    pkv_device device;             /**< CPU or CUDA (id) */
+    pkv_device device;             /**< CPU or CUDA (id); type 0 (zeroed params) = CPU */
     int64_t block_size;            /**< tokens per block, > 0 */
     int64_t num_layers;            /**< > 0 */
-    const pkv_layer_spec *layers;  /**< num_layers specs (copied at creation) */
-    int64_t num_blocks;            /**< device-tier blocks; 0 = as many as memory_bytes holds */
+    const pkv_layer_spec *layers;  /**< num_layers specs (copied at creation), all with the same
+                                        struct_size, read at that stride */
+    int64_t num_blocks;            /**< device-tier blocks (< 2^31); 0 = as many as memory_bytes
+                                        holds (an error if that is 0 or >= 2^31) */
     size_t memory_bytes;           /**< byte budget used when num_blocks is 0 */
     int64_t num_host_blocks;       /**< pinned host tier blocks; 0 = no host tier */
 } pkv_pool_params;
@@ -415,7 +417,7 @@ PKV_API pkv_status pkv_pool_destroy(pkv_pool *pool);
 
 /** Layer `layer` of the pool as a cache view (tier DEVICE or HOST; HOST views are CPU views
  *  of the pinned tier). PKV_ERROR_INVALID_ARGUMENT for a bad layer, PKV_ERROR_INVALID_STATE for
- *  HOST without a host tier. Thread-safe. */
+ *  HOST without a host tier (likewise for every call naming the HOST tier). Thread-safe. */
 PKV_API pkv_status pkv_pool_layer_view(pkv_cache_view *out, const pkv_pool *pool, int64_t layer, pkv_tier tier);
 
 typedef struct pkv_pool_stats {
@@ -436,7 +438,8 @@ PKV_API pkv_status pkv_pool_bytes_per_token(int64_t *out, const pkv_pool *pool, 
 /**
  * Set a layer's FP8 scales (1 float each, or num_heads with PKV_SCALE_PER_HEAD) from host
  * memory; enqueued on `stream` for a CUDA pool (the host arrays may be reused on return).
- * PKV_ERROR_INVALID_ARGUMENT for a non-FP8 layer.
+ * PKV_ERROR_INVALID_ARGUMENT for a non-FP8 layer, a scale that is not finite and positive, or
+ * v_scales not NULL for a K-only layer.
  */
 PKV_API pkv_status pkv_pool_set_scales(pkv_pool *pool, int64_t layer, const float *k_scales,
                                        const float *v_scales, pkv_stream stream);
@@ -459,7 +462,9 @@ PKV_API pkv_status pkv_pool_block_refcount(int32_t *out, const pkv_pool *pool, p
 /**
  * Copy blocks inside the device tier, every layer in ONE launch (copy-on-write).
  * @param pairs [P, 2] int32 or int64 (src, dst) block ids, contiguous, on the pool's device
- *              (read at run time: graph capturable). Ids outside [0, num_blocks) are skipped.
+ *              (read at run time: graph capturable). Ids outside [0, num_blocks) and pairs with
+ *              src == dst are skipped. Pairs run in parallel: a block that is both a source
+ *              and a destination gives an unspecified result (as in vLLM).
  */
 PKV_API pkv_status pkv_pool_copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream);
 
@@ -467,7 +472,8 @@ PKV_API pkv_status pkv_pool_copy_blocks(pkv_pool *pool, const pkv_tensor *pairs,
  * Move whole blocks between tiers or within the device tier, batched: dst_tier block
  * dst_ids[i] receives src_tier block src_ids[i] (all layers). The id arrays are host memory,
  * read before return. For a CUDA pool the copies are enqueued on `stream` (runs of consecutive
- * ids become one cudaMemcpyAsync); a CPU pool copies synchronously. Allocation and reference
+ * ids become one cudaMemcpyAsync, never merging runs whose ranges overlap); a CPU pool copies
+ * synchronously. Pairs take effect in order (4->5 then 5->6 is the same as one at a time). Allocation and reference
  * counts are the caller's business (offload = alloc host blocks, swap D2H, release device
  * blocks). PKV_ERROR_INVALID_ARGUMENT for an id out of range.
  */
@@ -489,7 +495,9 @@ typedef enum pkv_block_order {
  *                  pool are skipped (their part of the buffer is left / not read).
  * @param buffer    device memory of the pool's device, or pinned host memory (the kernel
  *                  reads / writes it through the mapping), or host memory for a CPU pool.
- * One launch for a CUDA pool; graph capturable.
+ * One launch for a CUDA pool; graph capturable. Any buffer alignment is accepted (narrower
+ * accesses when needed). LAYER_MAJOR on a CUDA pool supports up to 448 layers
+ * (PKV_ERROR_NOT_SUPPORTED beyond: the layer table travels in the kernel parameters).
  */
 PKV_API pkv_status pkv_pool_gather_blocks(void *buffer, pkv_device buffer_device, pkv_block_order order,
                                           const pkv_pool *pool, const pkv_tensor *block_ids, pkv_stream stream);
@@ -554,8 +562,9 @@ typedef struct pkv_batch_mirror {
  * token count, and its last new_tokens[b] tokens are the step's new tokens (slot mapping and
  * query_start_loc). Built in pinned staging and copied with one cudaMemcpyAsync on `stream`
  * (CPU pool: written directly). Waits (host) only for this table's previous upload copy, so
- * staging is never overwritten in flight. PKV_ERROR_INVALID_ARGUMENT when the batch, a
- * request's blocks or the tokens exceed the mirror's capacity, or a request is unknown.
+ * staging is never overwritten in flight. new_tokens[b] <= the request's token count.
+ * PKV_ERROR_INVALID_ARGUMENT when the batch, a request's blocks or the tokens exceed the
+ * mirror's capacity, or a request is unknown.
  */
 PKV_API pkv_status pkv_block_table_upload(pkv_block_table *table, const uint64_t *requests,
                                           const int64_t *new_tokens, int64_t batch, pkv_stream stream);
@@ -571,7 +580,9 @@ PKV_API pkv_status pkv_slots_destroy(pkv_slots *slots);
 /**
  * Register a per-request state region on the pool's device: slot s owns bytes
  * [base + s*slot_stride, base + s*slot_stride + bytes_per_slot), reset to the 32-bit pattern
- * `fill` on acquire. bytes_per_slot and slot_stride are multiples of 4; at most 16 regions.
+ * `fill` on acquire. bytes_per_slot and slot_stride are multiples of 4, slot_stride >=
+ * bytes_per_slot (unless max_requests is 1); at most 16 regions. A region registered later
+ * is reset by later acquires only.
  */
 PKV_API pkv_status pkv_slots_register_region(pkv_slots *slots, void *base, int64_t bytes_per_slot,
                                              int64_t slot_stride, uint32_t fill);
@@ -582,8 +593,11 @@ PKV_API pkv_status pkv_slots_acquire(int32_t *out_slot, pkv_slots *slots, pkv_st
 PKV_API pkv_status pkv_slots_release(pkv_slots *slots, int32_t slot);
 
 /* ================================================================ device-side metadata builders
- * CUDA-graph capturable (no host sync, no allocation); also on CPU tensors. The output length
- * T is out_slot_mapping->shape[0]; tokens past the batch's total get -1 (padding).
+ * CUDA-graph capturable (no host sync, no allocation); also on CPU tensors: the output's device
+ * decides, and every input must be on it. The output length T is out_slot_mapping->shape[0]
+ * (any positive stride); tokens past the batch's total get -1 (padding), and so do negative
+ * positions, negative block / page ids, pages past the end of `indices` and slots too large
+ * for an int32 output. block_size / page_size in [1, 2^31).
  */
 
 /**
