@@ -61,18 +61,8 @@ void gather_kv(const pkv_tensor *out_key, const pkv_tensor *out_value, const pkv
         require(out_value->dtype == out_key->dtype, PKV_ERROR_INVALID_ARGUMENT, "out_value dtype ",
                 pkv_dtype_name(out_value->dtype), " differs from out_key dtype ", pkv_dtype_name(out_key->dtype));
     }
-    require(block_table != nullptr, PKV_ERROR_INVALID_ARGUMENT, "block_table is NULL");
-    require(block_table->ndim == 2 && block_table->dtype == PKV_DTYPE_INT32, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table must be a 2-D int32 tensor [batch, max_blocks], got ndim ", block_table->ndim, " dtype ",
-            pkv_dtype_name(block_table->dtype));
-    const int64_t batch = block_table->shape[0], max_blocks = block_table->shape[1];
-    require(batch >= 0 && max_blocks >= 0, PKV_ERROR_INVALID_ARGUMENT, "block_table shape must be >= 0");
-    require(max_blocks <= 1 || block_table->strides[1] == 1, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table last-dim stride must be 1, got ", block_table->strides[1]);
-    require(batch <= 1 || block_table->strides[0] >= max_blocks, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table row stride ", block_table->strides[0], " is smaller than max_blocks ", max_blocks);
-    require(batch * max_blocks == 0 || block_table->data != nullptr, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table->data is NULL");
+    int64_t batch, max_blocks;
+    check_block_table(block_table, batch, max_blocks);
     require_same_device("block_table", block_table->device, v.device);
     const int64_t cu_len = check_index_vector("cu_seq_lens", cu_seq_lens, false, v.device);
     require(cu_len == batch + 1, PKV_ERROR_INVALID_ARGUMENT, "cu_seq_lens has ", cu_len,

@@ -61,19 +61,8 @@ void build_slot_mapping(const pkv_tensor *out, const pkv_tensor *block_table, co
     a.out = checked_output(out);
     const pkv_device d = out->device;
     require_on_output_device("block_table", block_table, d);
-    require(block_table->ndim == 2 && block_table->dtype == PKV_DTYPE_INT32, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table must be a 2-D int32 tensor [batch, max_blocks], got ndim ", block_table->ndim, " dtype ",
-            pkv_dtype_name(block_table->dtype));
-    const int64_t batch = block_table->shape[0], max_blocks = block_table->shape[1];
-    require(batch >= 0 && max_blocks >= 0, PKV_ERROR_INVALID_ARGUMENT, "block_table shape must be >= 0");
-    require(max_blocks <= 1 || block_table->strides[1] == 1, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table last-dim stride must be 1, got ", block_table->strides[1]);
-    require(batch <= 1 || block_table->strides[0] >= max_blocks, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table row stride ", block_table->strides[0], " is smaller than max_blocks ", max_blocks);
-    require(batch * max_blocks == 0 || block_table->data != nullptr, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table->data is NULL");
-    require(reinterpret_cast<uintptr_t>(block_table->data) % 4 == 0, PKV_ERROR_INVALID_ARGUMENT,
-            "block_table->data is not aligned to 4 bytes");
+    int64_t batch, max_blocks;
+    check_block_table(block_table, batch, max_blocks);
     a.seq_lens = checked_int32("seq_lens", seq_lens, batch, d);
     a.query_start_loc = checked_int32("query_start_loc", query_start_loc, batch + 1, d);
     check_unit("block_size", block_size);

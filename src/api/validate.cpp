@@ -121,5 +121,22 @@ int64_t check_index_vector(const char *name, const pkv_tensor *t, bool allow_int
     return t->shape[0];
 }
 
+void check_block_table(const pkv_tensor *t, int64_t &batch, int64_t &max_blocks) {
+    require(t != nullptr, PKV_ERROR_INVALID_ARGUMENT, "block_table is NULL");
+    require(t->ndim == 2 && t->dtype == PKV_DTYPE_INT32, PKV_ERROR_INVALID_ARGUMENT,
+            "block_table must be a 2-D int32 tensor [batch, max_blocks], got ndim ", t->ndim, " dtype ",
+            pkv_dtype_name(t->dtype));
+    batch = t->shape[0];
+    max_blocks = t->shape[1];
+    require(batch >= 0 && max_blocks >= 0, PKV_ERROR_INVALID_ARGUMENT, "block_table shape must be >= 0");
+    require(max_blocks <= 1 || t->strides[1] == 1, PKV_ERROR_INVALID_ARGUMENT,
+            "block_table last-dim stride must be 1, got ", t->strides[1]);
+    require(batch <= 1 || t->strides[0] >= max_blocks, PKV_ERROR_INVALID_ARGUMENT, "block_table row stride ",
+            t->strides[0], " is smaller than max_blocks ", max_blocks);
+    require(batch * max_blocks == 0 || t->data != nullptr, PKV_ERROR_INVALID_ARGUMENT, "block_table->data is NULL");
+    require(reinterpret_cast<uintptr_t>(t->data) % 4 == 0, PKV_ERROR_INVALID_ARGUMENT,
+            "block_table->data is not aligned to 4 bytes");
+}
+
 }  // namespace api
 }  // namespace pkv

@@ -43,5 +43,9 @@ void check_rows_tensor(const char *name, const pkv_tensor *t, int64_t min_rows, 
 // 1-D index tensor (int32, or int64 when allowed) on the cache's device; returns its length.
 int64_t check_index_vector(const char *name, const pkv_tensor *t, bool allow_int64, pkv_device cache_device);
 
+// A [batch, max_blocks] int32 block table: last stride 1, rows not overlapping, data present
+// and aligned. Sets batch and max_blocks. The caller checks the tensor's device.
+void check_block_table(const pkv_tensor *t, int64_t &batch, int64_t &max_blocks);
+
 }  // namespace api
 }  // namespace pkv

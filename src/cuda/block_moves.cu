@@ -26,16 +26,6 @@ template <> struct Access<4> { using T = uint32_t; };
 template <> struct Access<2> { using T = uint16_t; };
 template <> struct Access<1> { using T = uint8_t; };
 
-template <typename F> void dispatch_bytes(int vec, F &&f) {
-    switch (vec) {
-        case 16: f(std::integral_constant<int, 16>{}); break;
-        case 8: f(std::integral_constant<int, 8>{}); break;
-        case 4: f(std::integral_constant<int, 4>{}); break;
-        case 2: f(std::integral_constant<int, 2>{}); break;
-        default: f(std::integral_constant<int, 1>{}); break;
-    }
-}
-
 unsigned grid_for(int64_t units, int unroll, int64_t cap) {
     const int64_t per_block = int64_t(kThreads) * unroll;
     const int64_t blocks = (units + per_block - 1) / per_block;
@@ -169,7 +159,7 @@ template <int N> void launch_layer_major(const BlockTransfer &t, cudaStream_t st
     const bool large = max_units >= kLargeCallUnits;
     const int64_t cap = kMaxGrid / layers > 0 ? kMaxGrid / layers : 1;
     const dim3 grid(grid_for(max_units, large ? kUnroll : 1, cap), unsigned(layers));
-    dispatch_bytes(t.vec, [&](auto vec) {
+    dispatch_vec(t.vec, [&](auto vec) {
         constexpr int V = decltype(vec)::value;
         if (t.to_buffer) {
             if (large) layer_major_kernel<V, kUnroll, N, true><<<grid, kThreads, 0, stream>>>(p);
@@ -196,7 +186,7 @@ void cuda_copy_blocks(const FlatBlockCopy &c, pkv_stream stream) {
     const bool large = p.total >= kLargeCallUnits;
     const unsigned grid = grid_for(p.total, large ? kUnroll : 1, kMaxGrid);
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-    dispatch_bytes(c.vec, [&](auto vec) {
+    dispatch_vec(c.vec, [&](auto vec) {
         constexpr int V = decltype(vec)::value;
         if (large) flat_copy_kernel<V, kUnroll><<<grid, kThreads, 0, s>>>(p);
         else flat_copy_kernel<V, 1><<<grid, kThreads, 0, s>>>(p);
