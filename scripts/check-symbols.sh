@@ -31,7 +31,10 @@ if [[ -n $stray ]]; then
     indent <<<"$stray"
     fail=1
 fi
-if ! "$READELF" -V "$lib" | grep -q 'Name: PAGEDKV_'; then
+# Capture first: with pipefail, `readelf | grep -q` fails when grep exits early and readelf
+# takes SIGPIPE, which made this check flaky.
+versions=$("$READELF" -V "$lib")
+if ! grep -q 'Name: PAGEDKV_' <<<"$versions"; then
     echo "FAIL: no PAGEDKV_* version node defined (src/libpagedkv.map not applied?)"
     fail=1
 fi
