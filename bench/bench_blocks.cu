@@ -20,6 +20,7 @@
 
 #include <cuda_runtime.h>
 
+#include "bench_common.h"
 #include "pagedkv.h"
 
 #include <algorithm>
@@ -40,34 +41,8 @@
 
 namespace {
 
-std::string strf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char buf[2048];
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return std::string(buf);
-}
+using namespace pkv_bench;
 
-struct BenchError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-#define CK(expr)                                                                              \
-    do {                                                                                      \
-        cudaError_t e_ = (expr);                                                              \
-        if (e_ != cudaSuccess)                                                                \
-            throw BenchError(strf("%s:%d: %s failed: %s (%s)", __FILE__, __LINE__, #expr,     \
-                                  cudaGetErrorName(e_), cudaGetErrorString(e_)));             \
-    } while (0)
-
-#define PK(expr)                                                                              \
-    do {                                                                                      \
-        pkv_status s_ = (expr);                                                               \
-        if (s_ != PKV_SUCCESS)                                                                \
-            throw BenchError(strf("%s:%d: %s failed: %s: %s", __FILE__, __LINE__, #expr,      \
-                                  pkv_status_string(s_), pkv_last_error_message()));          \
-    } while (0)
 
 __global__ void fill_random_u64(uint64_t *p, size_t n, uint64_t seed) {
     const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -79,18 +54,6 @@ __global__ void fill_random_u64(uint64_t *p, size_t n, uint64_t seed) {
     }
 }
 
-struct DevBuf {
-    void *p = nullptr;
-    explicit DevBuf(size_t n) {
-        if (n) CK(cudaMalloc(&p, n));
-    }
-    DevBuf(const DevBuf &) = delete;
-    DevBuf &operator=(const DevBuf &) = delete;
-    ~DevBuf() {
-        if (p) cudaFree(p);
-    }
-    char *c() const { return static_cast<char *>(p); }
-};
 
 struct PinnedBuf {
     void *p = nullptr;
@@ -121,11 +84,6 @@ struct Options {
     double target_us = 20000.0;  // device time per repetition
 };
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 struct Stat {
     bool ok = false;

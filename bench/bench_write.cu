@@ -23,6 +23,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "bench_common.h"
 #include "pagedkv.h"
 
 #include <algorithm>
@@ -43,36 +44,8 @@
 
 namespace {
 
-// ------------------------------------------------------------------ error handling ---------
+using namespace pkv_bench;
 
-std::string strf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char buf[2048];
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return std::string(buf);
-}
-
-struct BenchError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-#define CK(expr)                                                                              \
-    do {                                                                                      \
-        cudaError_t e_ = (expr);                                                              \
-        if (e_ != cudaSuccess)                                                                \
-            throw BenchError(strf("%s:%d: %s failed: %s (%s)", __FILE__, __LINE__, #expr,     \
-                                  cudaGetErrorName(e_), cudaGetErrorString(e_)));             \
-    } while (0)
-
-#define PK(expr)                                                                              \
-    do {                                                                                      \
-        pkv_status s_ = (expr);                                                               \
-        if (s_ != PKV_SUCCESS)                                                                \
-            throw BenchError(strf("%s:%d: %s failed: %s: %s", __FILE__, __LINE__, #expr,      \
-                                  pkv_status_string(s_), pkv_last_error_message()));          \
-    } while (0)
 
 // ------------------------------------------------------------------ kernels ----------------
 
@@ -99,21 +72,6 @@ __global__ void fill_random_bf16(__nv_bfloat16 *p, size_t n, uint64_t seed, floa
 
 // ------------------------------------------------------------------ helpers ----------------
 
-struct DevBuf {
-    void *p = nullptr;
-    size_t bytes = 0;
-    DevBuf() = default;
-    explicit DevBuf(size_t n) : bytes(n) {
-        if (n) CK(cudaMalloc(&p, n));
-    }
-    DevBuf(const DevBuf &) = delete;
-    DevBuf &operator=(const DevBuf &) = delete;
-    ~DevBuf() {
-        if (p) cudaFree(p);
-    }
-    template <class T> T *as() const { return static_cast<T *>(p); }
-    char *bytes_ptr() const { return static_cast<char *>(p); }
-};
 
 struct Stream {
     cudaStream_t s = nullptr;
@@ -157,12 +115,6 @@ float e4m3_to_float(uint8_t q) {
     return s ? -v : v;
 }
 
-double median(std::vector<double> v) {
-    if (v.empty()) return NAN;
-    std::sort(v.begin(), v.end());
-    size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // ------------------------------------------------------------------ timing -----------------
 
@@ -325,7 +277,7 @@ std::string verify(const Config &cfg, int64_t T, const pkv_cache_view &view,
     if (cfg.format != PKV_CACHE_FORMAT_BF16 && cfg.format != PKV_CACHE_FORMAT_FP8_E4M3)
         return "not verified (--all-formats diagnostic row)";
     for (int kv = 0; kv < 2; ++kv) {
-        const char *src = (kv ? val : key).bytes_ptr();
+        const char *src = (kv ? val : key).c();
         const char *dst = static_cast<const char *>(kv ? view.v_data : view.k_data);
         const float scale = kv ? kVScale : kKScale;
         for (int64_t t : toks) {
@@ -427,9 +379,9 @@ Row run_row(const Config &cfg, int64_t T, const Options &o, const cudaDeviceProp
             t.ndim = 3;
             t.shape[0] = T, t.shape[1] = kH, t.shape[2] = kD;
             t.strides[0] = kH * kD, t.strides[1] = kD, t.strides[2] = 1;
-            t.data = key.bytes_ptr() + (size_t)r * elems * 2;
+            t.data = key.c() + (size_t)r * elems * 2;
             kt[r] = t;
-            t.data = val.bytes_ptr() + (size_t)r * elems * 2;
+            t.data = val.c() + (size_t)r * elems * 2;
             vt[r] = t;
             pkv_tensor m{};
             m.dtype = PKV_DTYPE_INT64;
@@ -465,7 +417,7 @@ Row run_row(const Config &cfg, int64_t T, const Options &o, const cudaDeviceProp
             CK(cudaStreamSynchronize(s));
             Enqueue cp = [&](long i) {
                 size_t off = (size_t)(i % R) * copy_bytes;
-                CK(cudaMemcpyAsync(cdst.bytes_ptr() + off, csrc.bytes_ptr() + off, copy_bytes,
+                CK(cudaMemcpyAsync(cdst.c() + off, csrc.c() + off, copy_bytes,
                                    cudaMemcpyDeviceToDevice, s));
             };
             row.copy_eager = time_eager(s, cp, o);

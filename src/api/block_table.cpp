@@ -1,5 +1,4 @@
 // pkv_block_table_*: validation and entry points (state and mirror logic in core/block_table).
-#include <cstring>
 
 #include "api/error_state.h"
 #include "api/handle_checks.h"
@@ -97,11 +96,7 @@ extern "C" {
 
 PKV_API pkv_status pkv_block_table_params_init(pkv_block_table_params *params, size_t struct_size) {
     return guarded("pkv_block_table_params_init", [&] {
-        require(params != nullptr, PKV_ERROR_INVALID_ARGUMENT, "params is NULL");
-        require(struct_size >= sizeof(pkv_block_table_params), PKV_ERROR_STRUCT_SIZE, "struct_size ", struct_size,
-                " is smaller than pkv_block_table_params (", sizeof(pkv_block_table_params), ")");
-        std::memset(params, 0, struct_size);
-        params->struct_size = struct_size;
+        init_versioned(params, struct_size, "params", "pkv_block_table_params");
     });
 }
 

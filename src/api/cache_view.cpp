@@ -1,7 +1,7 @@
 // pkv_cache_view_init, pkv_cache_view_check.
-#include <cstring>
 
 #include "api/error_state.h"
+#include "api/struct_size.h"
 #include "api/validate.h"
 
 using namespace pkv;
@@ -11,11 +11,7 @@ extern "C" {
 
 PKV_API pkv_status pkv_cache_view_init(pkv_cache_view *view, size_t struct_size) {
     return guarded("pkv_cache_view_init", [&] {
-        require(view != nullptr, PKV_ERROR_INVALID_ARGUMENT, "view is NULL");
-        require(struct_size >= sizeof(pkv_cache_view), PKV_ERROR_STRUCT_SIZE, "struct_size ", struct_size,
-                " is smaller than pkv_cache_view (", sizeof(pkv_cache_view), ")");
-        std::memset(view, 0, struct_size);
-        view->struct_size = struct_size;
+        init_versioned(view, struct_size, "view", "pkv_cache_view");
     });
 }
 

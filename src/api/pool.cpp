@@ -154,21 +154,13 @@ extern "C" {
 
 PKV_API pkv_status pkv_layer_spec_init(pkv_layer_spec *spec, size_t struct_size) {
     return guarded("pkv_layer_spec_init", [&] {
-        require(spec != nullptr, PKV_ERROR_INVALID_ARGUMENT, "spec is NULL");
-        require(struct_size >= sizeof(pkv_layer_spec), PKV_ERROR_STRUCT_SIZE, "struct_size ", struct_size,
-                " is smaller than pkv_layer_spec (", sizeof(pkv_layer_spec), ")");
-        std::memset(spec, 0, struct_size);
-        spec->struct_size = struct_size;
+        init_versioned(spec, struct_size, "spec", "pkv_layer_spec");
     });
 }
 
 PKV_API pkv_status pkv_pool_params_init(pkv_pool_params *params, size_t struct_size) {
     return guarded("pkv_pool_params_init", [&] {
-        require(params != nullptr, PKV_ERROR_INVALID_ARGUMENT, "params is NULL");
-        require(struct_size >= sizeof(pkv_pool_params), PKV_ERROR_STRUCT_SIZE, "struct_size ", struct_size,
-                " is smaller than pkv_pool_params (", sizeof(pkv_pool_params), ")");
-        std::memset(params, 0, struct_size);
-        params->struct_size = struct_size;
+        init_versioned(params, struct_size, "params", "pkv_pool_params");
     });
 }
 

@@ -43,5 +43,14 @@ template <typename T> void write_versioned(T *out, const T &value, const char *n
     if (size > sizeof(T)) std::memset(raw + sizeof(T), 0, size - sizeof(T));
 }
 
+// The body of every *_init function: zero the caller's struct_size bytes and set struct_size.
+template <typename T> void init_versioned(T *p, size_t struct_size, const char *name, const char *type) {
+    require(p != nullptr, PKV_ERROR_INVALID_ARGUMENT, name, " is NULL");
+    require(struct_size >= sizeof(T), PKV_ERROR_STRUCT_SIZE, "struct_size ", struct_size, " is smaller than ", type,
+            " (", sizeof(T), ")");
+    std::memset(p, 0, struct_size);
+    p->struct_size = struct_size;
+}
+
 }  // namespace api
 }  // namespace pkv

@@ -1,6 +1,7 @@
 #include "api/validate.h"
 
-#include <cstring>
+#include "api/struct_size.h"
+
 
 #include "core/element.h"
 
@@ -48,15 +49,7 @@ static void check_side_extent(const char *side, const CacheSide &s, const CacheG
 
 CacheGeometry checked_cache(const pkv_cache_view *view, pkv_cache_view &v) {
     require(view != nullptr, PKV_ERROR_INVALID_ARGUMENT, "cache is NULL");
-    const size_t size = view->struct_size;
-    require(size != 0, PKV_ERROR_STRUCT_SIZE, "cache->struct_size is 0 (initialize with PKV_CACHE_VIEW_INIT)");
-    require(size >= sizeof(pkv_cache_view), PKV_ERROR_STRUCT_SIZE, "cache->struct_size ", size,
-            " is smaller than the first version of pkv_cache_view (", sizeof(pkv_cache_view), ")");
-    const unsigned char *raw = reinterpret_cast<const unsigned char *>(view);
-    for (size_t i = sizeof(pkv_cache_view); i < size; ++i)
-        require(raw[i] == 0, PKV_ERROR_STRUCT_SIZE, "cache: unknown field at byte offset ", i,
-                " is set (struct_size ", size, " is newer than this library)");
-    std::memcpy(&v, view, sizeof(pkv_cache_view));
+    v = read_versioned(view, "cache");
 
     require(v.flags == 0, PKV_ERROR_INVALID_ARGUMENT, "cache->flags must be 0, got ", v.flags);
     require(v.format != PKV_CACHE_FORMAT_UNSET, PKV_ERROR_INVALID_ARGUMENT, "cache->format is unset");

@@ -11,26 +11,6 @@
 namespace pkvt {
 namespace {
 
-std::string lower(std::string s) {
-    for (char &ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-    return s;
-}
-
-// The status is `want`, and the message names the function and every fragment.
-::testing::AssertionResult failed_with(pkv_status got, pkv_status want, const char *function,
-                                       std::initializer_list<const char *> fragments) {
-    const std::string msg = pkv_last_error_message();
-    if (got != want)
-        return ::testing::AssertionFailure() << "status " << pkv_status_string(got) << ", expected "
-                                             << pkv_status_string(want) << " (message: \"" << msg << "\")";
-    if (msg.find(function) == std::string::npos)
-        return ::testing::AssertionFailure() << "message \"" << msg << "\" does not name " << function;
-    for (const char *f : fragments)
-        if (lower(msg).find(lower(f)) == std::string::npos)
-            return ::testing::AssertionFailure() << "message \"" << msg << "\" does not mention \"" << f << "\"";
-    return ::testing::AssertionSuccess() << msg;
-}
-
 // ------------------------------------------------------------------------------ pool schemas
 struct LayerCfg {
     pkv_cache_format format;

@@ -10,27 +10,6 @@ namespace {
 
 bool build_has_cuda() { return std::string(pkv_build_info()).find("cuda=none") == std::string::npos; }
 
-std::string lower(std::string s) {
-    for (char &ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-    return s;
-}
-
-// The status is `want`, and the message is non-empty, names the function and every fragment.
-::testing::AssertionResult failed_with(pkv_status got, pkv_status want, const char *function,
-                                       std::initializer_list<const char *> fragments) {
-    const std::string msg = pkv_last_error_message();
-    if (got != want)
-        return ::testing::AssertionFailure() << "status " << pkv_status_string(got) << ", expected "
-                                             << pkv_status_string(want) << " (message: \"" << msg << "\")";
-    if (msg.empty()) return ::testing::AssertionFailure() << "empty pkv_last_error_message()";
-    if (function && msg.find(function) == std::string::npos)
-        return ::testing::AssertionFailure() << "message \"" << msg << "\" does not name " << function;
-    for (const char *f : fragments)
-        if (lower(msg).find(lower(f)) == std::string::npos)
-            return ::testing::AssertionFailure() << "message \"" << msg << "\" does not mention \"" << f << "\"";
-    return ::testing::AssertionSuccess() << msg;
-}
-
 // A valid CPU setup for both ops; every test breaks one thing and checks nothing was written.
 struct Env {
     static constexpr int64_t NB = 4, BS = 16, H = 2, D = 32, T = 8, B = 2, M = 3;

@@ -8,25 +8,6 @@
 namespace pkvt {
 namespace {
 
-std::string lower(std::string s) {
-    for (char &ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-    return s;
-}
-
-::testing::AssertionResult failed_with(pkv_status got, pkv_status want, const char *function,
-                                       std::initializer_list<const char *> fragments) {
-    const std::string msg = pkv_last_error_message();
-    if (got != want)
-        return ::testing::AssertionFailure() << "status " << pkv_status_string(got) << ", expected "
-                                             << pkv_status_string(want) << " (message: \"" << msg << "\")";
-    if (msg.find(function) == std::string::npos)
-        return ::testing::AssertionFailure() << "message \"" << msg << "\" does not name " << function;
-    for (const char *f : fragments)
-        if (lower(msg).find(lower(f)) == std::string::npos)
-            return ::testing::AssertionFailure() << "message \"" << msg << "\" does not mention \"" << f << "\"";
-    return ::testing::AssertionSuccess() << msg;
-}
-
 int64_t narrow(int64_t slot, bool i64) { return i64 || slot <= INT32_MAX ? slot : -1; }
 
 // ------------------------------------------------------------------------------ references

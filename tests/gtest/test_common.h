@@ -10,6 +10,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cctype>
+#include <initializer_list>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -652,5 +654,27 @@ template <typename T> Buf to_device(Backend be, const std::vector<T> &v) {
 }
 
 inline std::string status_str(pkv_status s) { return pkv_status_string(s); }
+
+inline std::string lower(std::string s) {
+    for (char &ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+}
+
+// The status is `want`, and the message is non-empty, names the function (unless NULL) and
+// every fragment (case-insensitively). Shared by the error tests of every op.
+inline ::testing::AssertionResult failed_with(pkv_status got, pkv_status want, const char *function,
+                                       std::initializer_list<const char *> fragments) {
+    const std::string msg = pkv_last_error_message();
+    if (got != want)
+        return ::testing::AssertionFailure() << "status " << pkv_status_string(got) << ", expected "
+                                             << pkv_status_string(want) << " (message: \"" << msg << "\")";
+    if (msg.empty()) return ::testing::AssertionFailure() << "empty pkv_last_error_message()";
+    if (function && msg.find(function) == std::string::npos)
+        return ::testing::AssertionFailure() << "message \"" << msg << "\" does not name " << function;
+    for (const char *f : fragments)
+        if (lower(msg).find(lower(f)) == std::string::npos)
+            return ::testing::AssertionFailure() << "message \"" << msg << "\" does not mention \"" << f << "\"";
+    return ::testing::AssertionSuccess() << msg;
+}
 
 }  // namespace pkvt
