@@ -187,7 +187,42 @@ typedef enum pkv_cache_format {
     PKV_CACHE_FORMAT_BF16 = 3,     /**< plain bfloat16 */
     PKV_CACHE_FORMAT_FP8_E4M3 = 4, /**< q = sat_finite_rne(x / scale), x = float(q) * scale */
     PKV_CACHE_FORMAT_FP8_E5M2 = 5, /**< as FP8_E4M3 with the e5m2 encoding */
-    /* 6.. reserved for the quantized formats (per-token-head INT8/FP8, INT4, INT2, MLA). */
+    /**
+     * Per-token-head formats (6..9): every (block, slot, head) row of K and of V has its own
+     * float32 scale, kept in the view's scale planes (k_scale_plane / v_scale_plane). The byte
+     * layout of each format is in docs/formats.md.
+     *
+     * INT8: s = max(amax / 127, 1e-6); q = clamp(rne(x * (1/s)), -128, 127) as int8 bytes;
+     * read back as q * s. Round to nearest even (vLLM's Triton INT8 path truncates toward zero).
+     */
+    PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD = 6,
+    /** FP8 e4m3: s = max(amax / 448, 1e-6); q = e4m3 sat_finite_rne(x * (1/s)); read q * s. */
+    PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD = 7,
+    /**
+     * INT4 (vLLM int4_per_token_head): x' = H * (signs ⊙ x) with the unnormalized Sylvester
+     * Hadamard H (H*H = D*I, power-of-two head size), computed in float32 and rounded to the input
+     * dtype; then asymmetric min/max: s = max((max - min) / 15, 1e-6), z = clamp(round(-min / s),
+     * 0, 15), q = clamp(round(x' * (1/s) + z), 0, 15), round = half away from zero. Two codes
+     * a byte, the even element in the low nibble (D/2 bytes a row). The stored scale is
+     * (bits(s) & ~0xF) | z; reading uses s~ = float(bits & ~0xF): x^' = s~ * (q - z).
+     */
+    PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD = 8,
+    /**
+     * INT2 (vLLM PR #39074): x' = H * x (plain Hadamard, no signs), n = sqrt(sum x'^2 + 1e-12),
+     * z = x' * sqrt(D) / n, 4-level Lloyd-Max codes for N(0,1) (thresholds -0.9816, 0, 0.9816;
+     * centroids -1.5104, -0.4528, 0.4528, 1.5104; codes 0..3 ascending), four codes a byte,
+     * element 4j+i in bits [2i, 2i+2) of byte j (D/4 bytes a row). Stored scale n / D^1.5;
+     * reading gives x^' = c * scale * D in the rotated domain.
+     */
+    PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD = 9,
+    /**
+     * DeepSeek sparse-MLA entries (vLLM kv_cache_dtype "fp8_ds_mla"): a K-only view with one
+     * head of 576 elements (512 latent + 64 RoPE), each entry 656 bytes: [0, 512) e4m3 codes,
+     * [512, 528) four float32 tile scales (s_i = max(amax of tile i / 448, FLT_MIN)),
+     * [528, 656) the 64 RoPE values, bf16 (or f16 with PKV_CACHE_VIEW_ROPE_F16). Written by
+     * pkv_write_mla; gathered by pkv_gather_kv.
+     */
+    PKV_CACHE_FORMAT_FP8_DS_MLA = 10,
     PKV_CACHE_FORMAT_FORCE32 = 0x7FFFFFFF
 } pkv_cache_format;
 
@@ -219,6 +254,29 @@ typedef enum pkv_scale_mode {
  * values with PKV_SCALE_PER_HEAD. A NULL scale pointer means scale 1.0.
  *
  * v_data may be NULL for a K-only cache (MLA latent); value inputs / outputs are then NULL too.
+ *
+ * Packed formats: a head row of INT4 is head_size/2 bytes, of INT2 head_size/4 bytes, of
+ * FP8_DS_MLA 656 bytes (the NHD defaults use those row sizes); the per-token-head formats need
+ * byte strides and data aligned to 1 byte only, FP8_DS_MLA to 4 bytes.
+ *
+ * Fields added in ABI 0.2 (a caller whose struct_size is the 0.1 size, 152, reads them as 0):
+ *
+ * Split head rows (the legacy 5-D layout of vLLM reshape_and_cache): with chunk_size c > 0 a
+ * head row is stored as runs of c contiguous elements, run j at byte j*stride_chunk from the row
+ * start; element d lives at (d / c)*stride_chunk + (d % c)*element_size. c must divide the head
+ * size. Plain and per-tensor FP8 formats only.
+ *   key   [NB, H, D/x, BS, x]: chunk=x, stride_chunk=BS*x*e, slot=x*e, head=D*BS*e, block=H*D*BS*e
+ *   value [NB, H, D, BS]:      chunk=1, stride_chunk=BS*e,   slot=e,   head=D*BS*e, block=H*D*BS*e
+ *
+ * Scale planes (per-token-head formats 6..9, required; ignored otherwise): the float32 scale of
+ * (block b, slot s, head h) is at byte b*scale_stride_block + s*scale_stride_slot +
+ * h*scale_stride_head of k_scale_plane (V: v_scale_plane, NULL iff v_data is NULL). Strides are
+ * multiples of 4 (0 = a contiguous [NB, BS, H] float32 tensor), planes 4-byte aligned. vLLM's
+ * inline layout (the scale after each head row's codes) is k_scale_plane = k_data + D_store
+ * bytes with the data's strides.
+ *
+ * Rotation signs (INT4 only): +1.0f / -1.0f for each of the head_size elements, float32 on the
+ * cache's device; NULL = the library default (pkv_default_rotation_signs). K and V may differ.
  */
 typedef struct pkv_cache_view {
     size_t struct_size;          /**< sizeof(pkv_cache_view) */
@@ -237,10 +295,37 @@ typedef struct pkv_cache_view {
     pkv_scale_mode scale_mode;
     const float *k_scale;        /**< NULL = 1.0 */
     const float *v_scale;        /**< NULL = 1.0 */
+    /* ABI 0.2 */
+    int64_t k_chunk_size, v_chunk_size;     /**< elements per contiguous run; 0 = the whole row */
+    int64_t k_stride_chunk, v_stride_chunk; /**< bytes between runs */
+    float *k_scale_plane;                   /**< per-token-head scales of K */
+    float *v_scale_plane;                   /**< per-token-head scales of V */
+    int64_t k_scale_stride_block, k_scale_stride_slot, k_scale_stride_head; /**< bytes; 0 = default */
+    int64_t v_scale_stride_block, v_scale_stride_slot, v_scale_stride_head; /**< bytes; 0 = default */
+    const float *k_rotation_signs;          /**< INT4: [head_size_k] +-1.0f; NULL = default */
+    const float *v_rotation_signs;          /**< INT4: [head_size_v] +-1.0f; NULL = default */
 } pkv_cache_view;
 
+/** cache->flags: gathers of the rotated formats (INT4, INT2) return the rotated domain x^' (what
+ *  an attention kernel that rotates the query reads) instead of the original-domain inverse. */
+#define PKV_CACHE_VIEW_ROTATED_DOMAIN 0x1u
+/** cache->flags, FP8_DS_MLA only: the entries' RoPE values are float16 (default: bfloat16).
+ *  pkv_write_mla requires inputs of that dtype; gathers convert from it. */
+#define PKV_CACHE_VIEW_ROPE_F16 0x2u
+
 #define PKV_CACHE_VIEW_INIT {sizeof(pkv_cache_view), 0, PKV_CACHE_FORMAT_UNSET, {PKV_DEVICE_CPU, 0}, \
-                             0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, PKV_SCALE_PER_TENSOR, NULL, NULL}
+                             0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, PKV_SCALE_PER_TENSOR, NULL, NULL, \
+                             0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL}
+
+/**
+ * The default INT4 rotation signs: out[i] = -1.0f if bit (i % 64) of word i / 64 is set, else
+ * +1.0f, where word k is splitmix64 output k for the seed 0x9E3779B9 (word k = mix(seed +
+ * (k + 1) * 0x9E3779B97F4A7C15), host memory, n values). Deterministic; every head size uses a
+ * prefix of the same sequence. vLLM draws its signs from PyTorch's RNG instead: pass those as
+ * k_rotation_signs / v_rotation_signs for caches that must match vLLM's bit for bit.
+ * @return PKV_ERROR_INVALID_ARGUMENT for out NULL with n > 0 or n < 0. Thread-safe.
+ */
+PKV_API pkv_status pkv_default_rotation_signs(float *out, int64_t n);
 
 /**
  * Zero `view` and set its struct_size (for FFI callers that cannot use PKV_CACHE_VIEW_INIT).
@@ -281,7 +366,13 @@ PKV_API pkv_status pkv_cache_view_check(const pkv_cache_view *view);
  * Formats: a plain float cache (F32/F16/BF16) stores the input converted with round-to-nearest-
  * even (an exact copy when the dtypes match); FP8 stores sat_finite_rne(x / scale) of the
  * float32 quotient: the same code as a true division (bit-identical to vLLM's CUDA kernel),
- * never the code of x * (1 / scale).
+ * never the code of x * (1 / scale). The per-token-head formats (INT8, FP8, INT4, INT2) quantize
+ * each (token, head) row of K and of V on its own and store its scale in the scale plane (their
+ * enum values give the math; a padding token writes neither codes nor scale). FP8_DS_MLA caches
+ * are written by pkv_write_mla (here: PKV_ERROR_NOT_SUPPORTED).
+ * NaN / Inf inputs: FP8 codes follow sat_finite (Inf saturates, NaN stays NaN); the per-token-head
+ * formats give a row with a NaN or Inf element a NaN scale (INT8 / INT4 / INT2 codes of such a
+ * row are unspecified but in range). Never a crash or an out-of-row write.
  * Two tokens mapped to the same slot: which one lands is unspecified.
  *
  * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL pointer, shape / stride / dtype
@@ -292,6 +383,24 @@ PKV_API pkv_status pkv_cache_view_check(const pkv_cache_view *view);
 PKV_API pkv_status pkv_write_kv(const pkv_cache_view *cache, const pkv_tensor *key,
                                 const pkv_tensor *value, const pkv_tensor *slot_mapping,
                                 int64_t *out_of_range_count, pkv_stream stream);
+
+/**
+ * Write MLA latent entries (vLLM concat_and_cache_mla semantics): entry = [kv_c | k_pe].
+ *
+ * @param[in] cache   a K-only view (v_data NULL) with num_heads = 1 and head_size_k = R + P.
+ *                    Formats: F32 / F16 / BF16 (converted with RNE), FP8_E4M3 / FP8_E5M2 with
+ *                    one per-tensor scale (k_scale), or FP8_DS_MLA (R = 512, P = 64; bf16
+ *                    inputs, or f16 with PKV_CACHE_VIEW_ROPE_F16; the 656-byte entry is
+ *                    described at the format).
+ * @param[in] kv_c    [T_pad, R] f32 / f16 / bf16, any row stride, last stride 1.
+ * @param[in] k_pe    [T_pad, P], the dtype of kv_c, any row stride, last stride 1.
+ * @param[in] slot_mapping, out_of_range_count, stream: as pkv_write_kv.
+ * @return as pkv_write_kv; PKV_ERROR_INVALID_ARGUMENT when R + P differs from head_size_k.
+ * Threading: reentrant; concurrent calls on disjoint slots are safe.
+ */
+PKV_API pkv_status pkv_write_mla(const pkv_cache_view *cache, const pkv_tensor *kv_c, const pkv_tensor *k_pe,
+                                 const pkv_tensor *slot_mapping, int64_t *out_of_range_count,
+                                 pkv_stream stream);
 
 /* ---------------------------------------------------------------- gather ------------------ */
 
@@ -320,7 +429,13 @@ PKV_API pkv_status pkv_write_kv(const pkv_cache_view *cache, const pkv_tensor *k
  * @param stream         CUDA stream for a CUDA cache; ignored for a CPU cache.
  *
  * Dequantization: plain formats convert with round-to-nearest-even (exact copy for equal
- * dtypes); FP8 gives float(q) * scale, rounded to the output dtype.
+ * dtypes); FP8 gives float(q) * scale, rounded to the output dtype. Per-token-head INT8 / FP8
+ * give float(q) * s of the row's scale. INT4 and INT2 rows are dequantized in the rotated domain
+ * (see their formats) and then rotated back: x^ = signs ⊙ (H * x^') / D (INT2: H * x^' / D), in
+ * float32, rounded to the output dtype; with PKV_CACHE_VIEW_ROTATED_DOMAIN in cache->flags the
+ * rotated-domain x^' itself is returned. FP8_DS_MLA entries give 576 values: the 512 latent
+ * values float(q) * s_tile and the 64 RoPE values converted from their stored 16-bit dtype
+ * (bf16, or f16 with PKV_CACHE_VIEW_ROPE_F16); out_key [N, 1, 576].
  * @return as pkv_write_kv. N = 0 or B = 0 enqueues nothing.
  * Threading: reentrant; reads the cache only.
  */

@@ -26,6 +26,9 @@ int64_t check_layer_spec(const pkv_layer_spec &s, const std::string &name, int64
     require((s.flags & ~PKV_LAYER_K_ONLY) == 0, PKV_ERROR_INVALID_ARGUMENT, n, ".flags has unknown bits 0x",
             std::hex, s.flags & ~PKV_LAYER_K_ONLY);
     require(s.format != PKV_CACHE_FORMAT_UNSET, PKV_ERROR_INVALID_ARGUMENT, n, ".format is unset");
+    require(format_family(s.format) == FormatFamily::Unknown || format_family(s.format) == FormatFamily::Elementwise,
+            PKV_ERROR_NOT_SUPPORTED, n, ".format ", cache_format_name(s.format),
+            ": pools hold plain and FP8 layers; build a pkv_cache_view over your own memory for this format");
     const Elem e = elem_from_cache_format(s.format);
     require(e != Elem::Invalid, PKV_ERROR_INVALID_ARGUMENT, n, ".format ", int(s.format),
             " is not a known pkv_cache_format");

@@ -4,30 +4,51 @@
 
 namespace pkv {
 
-static void resolve_side(CacheSide &s, void *data, int64_t head_size, int64_t heads, int64_t block_size,
-                         int e, int64_t sb, int64_t ss, int64_t sh, const float *scale) {
-    s.data = static_cast<char *>(data);
-    s.head_size = head_size;
-    s.stride_head = sh ? sh : head_size * e;
-    s.stride_slot = ss ? ss : heads * head_size * e;
-    s.stride_block = sb ? sb : block_size * heads * head_size * e;
-    s.scale = scale;
+struct SideFields {
+    void *data;
+    int64_t head_size, sb, ss, sh, chunk, stride_chunk;
+    const float *scale;
+    float *plane;
+    int64_t psb, pss, psh;
+    const float *signs;
+};
+
+static void resolve_side(CacheSide &s, const SideFields &f, const pkv_cache_view &v) {
+    const int64_t row = format_row_bytes(v.format, f.head_size);
+    s.data = static_cast<char *>(f.data);
+    s.head_size = f.head_size;
+    s.stride_head = f.sh ? f.sh : row;
+    s.stride_slot = f.ss ? f.ss : v.num_heads * row;
+    s.stride_block = f.sb ? f.sb : v.block_size * v.num_heads * row;
+    s.scale = f.scale;
+    s.chunk_size = f.chunk > 0 ? f.chunk : f.head_size;
+    s.stride_chunk = f.chunk > 0 ? f.stride_chunk : row;
+    s.scale_plane = reinterpret_cast<char *>(f.plane);
+    s.scale_stride_head = f.psh ? f.psh : 4;
+    s.scale_stride_slot = f.pss ? f.pss : v.num_heads * 4;
+    s.scale_stride_block = f.psb ? f.psb : v.block_size * v.num_heads * 4;
+    s.rotation_signs = f.signs;
 }
 
 CacheGeometry resolve_cache_view(const pkv_cache_view &v) {
     CacheGeometry g;
+    g.format = v.format;
     g.elem = elem_from_cache_format(v.format);
     g.num_blocks = v.num_blocks;
     g.block_size = v.block_size;
     g.num_heads = v.num_heads;
     g.per_head_scale = v.scale_mode == PKV_SCALE_PER_HEAD;
     g.has_v = v.v_data != nullptr;
-    const int e = g.elem == Elem::Invalid ? 1 : elem_bytes(g.elem);
+    g.rotated_domain = (v.flags & PKV_CACHE_VIEW_ROTATED_DOMAIN) != 0;
+    g.rope_f16 = (v.flags & PKV_CACHE_VIEW_ROPE_F16) != 0;
     const int64_t dv = v.head_size_v ? v.head_size_v : v.head_size_k;
-    resolve_side(g.k, v.k_data, v.head_size_k, v.num_heads, v.block_size, e, v.k_stride_block,
-                 v.k_stride_slot, v.k_stride_head, v.k_scale);
-    resolve_side(g.v, v.v_data, dv, v.num_heads, v.block_size, e, v.v_stride_block, v.v_stride_slot,
-                 v.v_stride_head, v.v_scale);
+    resolve_side(g.k, {v.k_data, v.head_size_k, v.k_stride_block, v.k_stride_slot, v.k_stride_head, v.k_chunk_size,
+                       v.k_stride_chunk, v.k_scale, v.k_scale_plane, v.k_scale_stride_block, v.k_scale_stride_slot,
+                       v.k_scale_stride_head, v.k_rotation_signs}, v);
+    resolve_side(g.v, {v.v_data, dv, v.v_stride_block, v.v_stride_slot, v.v_stride_head, v.v_chunk_size,
+                       v.v_stride_chunk, v.v_scale, v.v_scale_plane, v.v_scale_stride_block, v.v_scale_stride_slot,
+                       v.v_scale_stride_head, v.v_rotation_signs}, v);
+    g.chunked = g.k.chunk_size != g.k.head_size || (g.has_v && g.v.chunk_size != g.v.head_size);
     return g;
 }
 

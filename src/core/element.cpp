@@ -32,8 +32,49 @@ const char *cache_format_name(pkv_cache_format f) {
         case PKV_CACHE_FORMAT_BF16: return "bf16";
         case PKV_CACHE_FORMAT_FP8_E4M3: return "fp8_e4m3";
         case PKV_CACHE_FORMAT_FP8_E5M2: return "fp8_e5m2";
+        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return "int8_per_token_head";
+        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return "fp8_per_token_head";
+        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return "int4_per_token_head";
+        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return "int2_per_token_head";
+        case PKV_CACHE_FORMAT_FP8_DS_MLA: return "fp8_ds_mla";
         default: return "unknown";
     }
+}
+
+FormatFamily format_family(pkv_cache_format f) {
+    switch (f) {
+        case PKV_CACHE_FORMAT_F32:
+        case PKV_CACHE_FORMAT_F16:
+        case PKV_CACHE_FORMAT_BF16:
+        case PKV_CACHE_FORMAT_FP8_E4M3:
+        case PKV_CACHE_FORMAT_FP8_E5M2: return FormatFamily::Elementwise;
+        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD:
+        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD:
+        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD:
+        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return FormatFamily::TokenHead;
+        case PKV_CACHE_FORMAT_FP8_DS_MLA: return FormatFamily::DsMla;
+        default: return FormatFamily::Unknown;
+    }
+}
+
+int64_t format_row_bytes(pkv_cache_format f, int64_t head_size) {
+    switch (f) {
+        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD:
+        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return head_size;
+        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return head_size / 2;
+        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return head_size / 4;
+        case PKV_CACHE_FORMAT_FP8_DS_MLA: return kDsMlaEntryBytes;
+        default: {
+            const Elem e = elem_from_cache_format(f);
+            return head_size * (e == Elem::Invalid ? 1 : elem_bytes(e));
+        }
+    }
+}
+
+int format_alignment(pkv_cache_format f) {
+    if (format_family(f) == FormatFamily::DsMla) return 4;
+    const Elem e = elem_from_cache_format(f);
+    return e == Elem::Invalid ? 1 : elem_bytes(e);
 }
 
 }  // namespace pkv

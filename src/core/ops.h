@@ -71,6 +71,16 @@ PKV_HD bool gather_row_source(const GatherArgs &a, int64_t row, int64_t &block, 
     return true;
 }
 
+// pkv_write_mla of an FP8_DS_MLA cache: kv_c [T, 512] and k_pe [T, 64] rows (stride_head unused).
+struct MlaWriteArgs {
+    CacheGeometry cache;
+    Elem in = Elem::Invalid;   // F16 or BF16 (matches cache.rope_f16)
+    RowsSide kv_c, k_pe;
+    IndexVector slots;
+    int64_t num_tokens = 0;    // > 0
+    int64_t *out_of_range = nullptr;
+};
+
 // Elements per vector access for the kernels (see vector_elems), from the arguments' addresses.
 int write_vector_elems(const WriteArgs &a);
 int gather_vector_elems(const GatherArgs &a);
@@ -78,6 +88,18 @@ int gather_vector_elems(const GatherArgs &a);
 // CPU backend (src/cpu/): synchronous.
 void cpu_write_kv(const WriteArgs &a);
 void cpu_gather_kv(const GatherArgs &a);
+
+// Per-token-head formats (INT8 / FP8 / INT4 / INT2): src/cpu/token_head.cpp, src/cuda/token_head.cu.
+void cpu_write_token_head(const WriteArgs &a);
+void cpu_gather_token_head(const GatherArgs &a);
+void cuda_write_token_head(const WriteArgs &a, pkv_stream stream);
+void cuda_gather_token_head(const GatherArgs &a, pkv_stream stream);
+
+// FP8_DS_MLA entries: src/cpu/ds_mla.cpp, src/cuda/ds_mla.cu.
+void cpu_write_ds_mla(const MlaWriteArgs &a);
+void cpu_gather_ds_mla(const GatherArgs &a);
+void cuda_write_ds_mla(const MlaWriteArgs &a, pkv_stream stream);
+void cuda_gather_ds_mla(const GatherArgs &a, pkv_stream stream);
 
 // CUDA backend (src/cuda/, or src/nocuda/ in builds without CUDA: those throw NOT_SUPPORTED).
 bool cuda_available_in_build();

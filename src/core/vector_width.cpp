@@ -11,8 +11,9 @@ uint64_t addr(const void *p) { return reinterpret_cast<uintptr_t>(p); }
 
 uint64_t cache_alignment(const CacheSide &k, const CacheSide &v) {
     return common_alignment({addr(k.data), uint64_t(k.stride_block), uint64_t(k.stride_slot),
-                             uint64_t(k.stride_head), addr(v.data), uint64_t(v.stride_block),
-                             uint64_t(v.stride_slot), uint64_t(v.stride_head)});
+                             uint64_t(k.stride_head), uint64_t(k.stride_chunk), addr(v.data),
+                             uint64_t(v.stride_block), uint64_t(v.stride_slot), uint64_t(v.stride_head),
+                             uint64_t(v.stride_chunk)});
 }
 
 uint64_t rows_alignment(const RowsSide &k, const RowsSide &v) {
@@ -25,7 +26,7 @@ uint64_t rows_alignment(const RowsSide &k, const RowsSide &v) {
 int write_vector_elems(const WriteArgs &a) {
     const CacheSide &v = a.cache.has_v ? a.cache.v : a.cache.k;
     const RowsSide &vr = a.cache.has_v ? a.value : a.key;
-    return vector_elems(elem_bytes(a.in), elem_bytes(a.cache.elem), a.cache.k.head_size, v.head_size,
+    return vector_elems(elem_bytes(a.in), elem_bytes(a.cache.elem), a.cache.k.chunk_size, v.chunk_size,
                         rows_alignment(a.key, vr), cache_alignment(a.cache.k, v));
 }
 
@@ -33,7 +34,7 @@ int gather_vector_elems(const GatherArgs &a) {
     const bool with_v = a.value.data != nullptr;
     const CacheSide &v = with_v ? a.cache.v : a.cache.k;
     const RowsSide &vr = with_v ? a.value : a.key;
-    return vector_elems(elem_bytes(a.cache.elem), elem_bytes(a.out), a.cache.k.head_size, v.head_size,
+    return vector_elems(elem_bytes(a.cache.elem), elem_bytes(a.out), a.cache.k.chunk_size, v.chunk_size,
                         cache_alignment(a.cache.k, v), rows_alignment(a.key, vr));
 }
 

@@ -12,6 +12,10 @@ namespace {
 bool cuda_available_in_build() { return false; }
 void cuda_write_kv(const WriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_kv(const GatherArgs &, pkv_stream) { absent(); }
+void cuda_write_token_head(const WriteArgs &, pkv_stream) { absent(); }
+void cuda_gather_token_head(const GatherArgs &, pkv_stream) { absent(); }
+void cuda_write_ds_mla(const MlaWriteArgs &, pkv_stream) { absent(); }
+void cuda_gather_ds_mla(const GatherArgs &, pkv_stream) { absent(); }
 int32_t cuda_device_count() { return 0; }
 void *cuda_alloc(pkv_device, size_t) { absent(); }
 void cuda_free(void *, pkv_device) { absent(); }

@@ -120,9 +120,17 @@ TEST(WriteKvErrors, StructSize) {
         EXPECT_TRUE(s.untouched());
         s.view.struct_size = 8;
         EXPECT_TRUE(failed_with(s.write(), PKV_ERROR_STRUCT_SIZE, "pkv_write_kv", {"struct_size"}));
-        s.view.struct_size = sizeof(pkv_cache_view) - 8;
+        s.view.struct_size = 152 - 8;  // below the first (ABI 0.1) version of the struct
         EXPECT_TRUE(failed_with(s.write(), PKV_ERROR_STRUCT_SIZE, "pkv_write_kv", {"struct_size"}));
         EXPECT_TRUE(s.untouched());
+    }
+    {
+        // An ABI 0.1 caller (struct_size 152): the newer fields read as 0, whatever its memory holds.
+        Env s;
+        pkv_cache_view old = s.view;
+        old.struct_size = 152;
+        old.k_chunk_size = 3;  // past the caller's struct: ignored
+        EXPECT_EQ(pkv_write_kv(&old, &s.kt, &s.vt, &s.st, s.cnt(), nullptr), PKV_SUCCESS) << pkv_last_error_message();
     }
     {
         // A newer caller's larger struct: accepted when the unknown tail is zero, refused when set.
@@ -151,7 +159,7 @@ TEST(WriteKvErrors, CacheViewFields) {
     };
     const Mut muts[] = {
         {"format unset", [](pkv_cache_view &v) { v.format = PKV_CACHE_FORMAT_UNSET; }, "format"},
-        {"flags", [](pkv_cache_view &v) { v.flags = 1; }, "flags"},
+        {"flags", [](pkv_cache_view &v) { v.flags = 0x80; }, "flags"},
         {"num_blocks < 0", [](pkv_cache_view &v) { v.num_blocks = -4; }, "num_blocks"},
         {"block_size 0", [](pkv_cache_view &v) { v.block_size = 0; }, "block_size"},
         {"block_size < 0", [](pkv_cache_view &v) { v.block_size = -16; }, "block_size"},
