@@ -50,6 +50,11 @@ void write_kv(const pkv_cache_view *view, const pkv_tensor *key, const pkv_tenso
 // Runs a validated write of any format except FP8_DS_MLA.
 void run_write(WriteArgs &a, pkv_device device, pkv_stream stream) {
     const bool host = is_host_device(device);
+    if (format_is_rotated(a.cache.format)) {
+        if (host) cpu_write_rotated(a);
+        else cuda_write_rotated(a, stream);
+        return;
+    }
     if (format_family(a.cache.format) == FormatFamily::TokenHead) {
         if (host) cpu_write_token_head(a);
         else cuda_write_token_head(a, stream);
@@ -188,8 +193,13 @@ void gather_kv(const pkv_tensor *out_key, const pkv_tensor *out_value, const pkv
     const bool host = is_host_device(v.device);
     switch (format_family(a.cache.format)) {
         case FormatFamily::TokenHead:
-            if (host) cpu_gather_token_head(a);
-            else cuda_gather_token_head(a, stream);
+            if (format_is_rotated(a.cache.format)) {
+                if (host) cpu_gather_rotated(a);
+                else cuda_gather_rotated(a, stream);
+            } else {
+                if (host) cpu_gather_token_head(a);
+                else cuda_gather_token_head(a, stream);
+            }
             return;
         case FormatFamily::DsMla:
             if (host) cpu_gather_ds_mla(a);

@@ -89,11 +89,17 @@ int gather_vector_elems(const GatherArgs &a);
 void cpu_write_kv(const WriteArgs &a);
 void cpu_gather_kv(const GatherArgs &a);
 
-// Per-token-head formats (INT8 / FP8 / INT4 / INT2): src/cpu/token_head.cpp, src/cuda/token_head.cu.
+// Per-token-head INT8 / FP8: src/cpu/token_head.cpp, src/cuda/token_head.cu.
 void cpu_write_token_head(const WriteArgs &a);
 void cpu_gather_token_head(const GatherArgs &a);
 void cuda_write_token_head(const WriteArgs &a, pkv_stream stream);
 void cuda_gather_token_head(const GatherArgs &a, pkv_stream stream);
+
+// Hadamard-rotated per-token-head INT4 / INT2: src/cpu/rotated.cpp, src/cuda/rotated.cu.
+void cpu_write_rotated(const WriteArgs &a);
+void cpu_gather_rotated(const GatherArgs &a);
+void cuda_write_rotated(const WriteArgs &a, pkv_stream stream);
+void cuda_gather_rotated(const GatherArgs &a, pkv_stream stream);
 
 // FP8_DS_MLA entries: src/cpu/ds_mla.cpp, src/cuda/ds_mla.cu.
 void cpu_write_ds_mla(const MlaWriteArgs &a);

@@ -14,6 +14,8 @@ void cuda_write_kv(const WriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_kv(const GatherArgs &, pkv_stream) { absent(); }
 void cuda_write_token_head(const WriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_token_head(const GatherArgs &, pkv_stream) { absent(); }
+void cuda_write_rotated(const WriteArgs &, pkv_stream) { absent(); }
+void cuda_gather_rotated(const GatherArgs &, pkv_stream) { absent(); }
 void cuda_write_ds_mla(const MlaWriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_ds_mla(const GatherArgs &, pkv_stream) { absent(); }
 int32_t cuda_device_count() { return 0; }
