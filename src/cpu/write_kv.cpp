@@ -24,8 +24,11 @@ void write_side(const WriteArgs &a, const RowsSide &src, const CacheSide &dst, i
                 int64_t offset) {
     for (int64_t h = 0; h < a.cache.num_heads; ++h) {
         const float *scale = dst.scale ? dst.scale + (a.cache.per_head_scale ? h : 0) : nullptr;
-        write_head_row<In, Cache>(src.data + src.offset(t, h), dst.data + dst.offset(block, offset, h),
-                                  dst.head_size, scale);
+        const char *s = src.data + src.offset(t, h);
+        char *d = dst.data + dst.offset(block, offset, h);
+        for (int64_t c = 0; c < dst.head_size; c += dst.chunk_size)  // one run unless rows are split
+            write_head_row<In, Cache>(s + c * int64_t(sizeof(storage_t<In>)),
+                                      d + dst.element_offset(c, sizeof(storage_t<Cache>)), dst.chunk_size, scale);
     }
 }
 

@@ -18,10 +18,11 @@ struct GatherLaunch {
 
 // Dequantizes one row's heads from a cache slot into a dense output row.
 template <Elem Cache, Elem Out, int VEC>
-__device__ __forceinline__ void warp_gather_row(const char *__restrict__ src, int64_t src_head_stride,
+__device__ __forceinline__ void warp_gather_row(const char *__restrict__ src, const CacheSide &side,
                                                 char *__restrict__ dst, int64_t dst_head_stride, uint32_t heads,
-                                                FastDivmod chunks, const float *scale, bool per_head_scale,
-                                                uint32_t lane) {
+                                                FastDivmod chunks, bool per_head_scale, uint32_t lane) {
+    const int64_t src_head_stride = side.stride_head;
+    const float *scale = side.scale;
     using S = storage_t<Cache>;
     using D = storage_t<Out>;
     const uint32_t units = heads * chunks.divisor;
@@ -34,7 +35,8 @@ __device__ __forceinline__ void warp_gather_row(const char *__restrict__ src, in
             if (j >= units) continue;
             uint32_t head, chunk;
             chunks.divmod(j, head, chunk);
-            in[u] = *reinterpret_cast<const Vec<S, VEC> *>(src + head * src_head_stride + int64_t(chunk) * (VEC * sizeof(S)));
+            in[u] = *reinterpret_cast<const Vec<S, VEC> *>(src + head * src_head_stride +
+                                                           side.element_offset(int64_t(chunk) * VEC, sizeof(S)));
             s[u] = scale ? scale[per_head_scale ? head : 0] : 1.0f;
         }
 #pragma unroll
@@ -66,13 +68,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) gather_kv_kernel(const
             if (lane == 0 && a.out_of_range) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             continue;
         }
-        warp_gather_row<Cache, Out, VEC>(kc.data + kc.offset(block, offset, 0), kc.stride_head,
-                                         a.key.data + a.key.offset(row, 0), a.key.stride_head, heads, p.chunks_k,
-                                         kc.scale, a.cache.per_head_scale, lane);
+        warp_gather_row<Cache, Out, VEC>(kc.data + kc.offset(block, offset, 0), kc, a.key.data + a.key.offset(row, 0),
+                                         a.key.stride_head, heads, p.chunks_k, a.cache.per_head_scale, lane);
         if (a.value.data)
-            warp_gather_row<Cache, Out, VEC>(vc.data + vc.offset(block, offset, 0), vc.stride_head,
+            warp_gather_row<Cache, Out, VEC>(vc.data + vc.offset(block, offset, 0), vc,
                                              a.value.data + a.value.offset(row, 0), a.value.stride_head, heads,
-                                             p.chunks_v, vc.scale, a.cache.per_head_scale, lane);
+                                             p.chunks_v, a.cache.per_head_scale, lane);
     }
 }
 

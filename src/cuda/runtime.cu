@@ -1,4 +1,7 @@
 // Device count, memory and stream helpers of the public API.
+#include <atomic>
+#include <cstdlib>
+
 #include "core/cuda_runtime.h"
 #include "core/ops.h"
 #include "cuda/cuda_check.cuh"
@@ -6,6 +9,30 @@
 namespace pkv {
 
 bool cuda_available_in_build() { return true; }
+
+bool pdl_enabled() {
+    static const bool disabled = [] {
+        const char *e = std::getenv("PKV_DISABLE_PDL");
+        return e && *e && *e != '0';
+    }();
+    if (disabled) return false;
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int> major[kMaxDevices];  // 0 = not yet queried
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    int m = major[device].load(std::memory_order_relaxed);
+    if (m == 0) {
+        if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        major[device].store(m, std::memory_order_relaxed);
+    }
+    return m >= 9;
+}
 
 int32_t cuda_device_count() {
     int n = 0;

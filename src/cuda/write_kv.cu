@@ -1,7 +1,10 @@
-// CUDA write: a flat grid over (token, unit), a unit being one aligned vector of a head row (a
-// token's K row units, then its V row units). Each thread takes a few units a grid step and
-// issues all their loads (slot, source vector, scale: independent of each other) before any
-// store, so small calls pay one load latency and large calls keep enough bytes in flight.
+// CUDA write: each thread owns one unit — one aligned vector of one head row of K or V — and
+// moves that unit for a strided series of tokens. The unit's head, chunk, source and cache
+// offsets and FP8 divisor are worked out once per thread; per token only the slot, two row
+// addresses and the conversion remain. All loads of a step (slots, source vectors) are issued
+// before any store, so small calls pay one load latency and large calls keep bytes in flight.
+// Launched with programmatic dependent launch (sm_90+): the prologue overlaps the previous
+// kernel, and no global memory is touched before pdl_wait().
 #include "core/element_convert.h"
 #include "core/fast_divmod.h"
 #include "core/ops.h"
@@ -14,16 +17,16 @@ constexpr int kThreads = 256;
 
 struct WriteLaunch {
     WriteArgs a;
-    uint32_t units_k;          // vectors in a token's K row (heads * chunks_k)
-    FastDivmod units_token;    // vectors in a token's K and V rows
+    uint32_t units_k;             // vectors in a token's K row (heads * chunks_k)
+    FastDivmod units_token;       // vectors in a token's K and V rows: threads per token
     FastDivmod chunks_k, chunks_v;  // vectors per head row
-    FastDivmod block_size;     // valid when small_slots
-    bool small_slots;          // every slot < 2^31
-    bool small_units;          // num_tokens * units_token < 2^31
+    FastDivmod block_size;        // valid when small_slots
+    bool small_slots;             // every slot < 2^31
+    int64_t token_stride;         // tokens between a thread's consecutive tokens
 };
 
-// Units a thread moves per grid step in a large call (all their loads are issued before the
-// first store). Small calls use 1, spreading the work over more multiprocessors.
+// Tokens a thread moves per step in a large call (all loaded before the first store). Small
+// calls use 1, spreading the work over more multiprocessors.
 template <Elem Cache> constexpr int large_call_units() { return elem_is_fp8(Cache) ? 2 : 4; }
 constexpr int64_t kLargeCallUnits = int64_t(1) << 18;
 
@@ -32,60 +35,48 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
     using S = storage_t<In>;
     using D = storage_t<Cache>;
     constexpr bool kScaled = elem_is_fp8(Cache);
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const WriteArgs &a = p.a;
-    const int64_t total = a.num_tokens * int64_t(p.units_token.divisor);
+    uint32_t first, unit;
+    p.units_token.divmod(blockIdx.x * kThreads + threadIdx.x, first, unit);
+    if (first >= p.token_stride) return;  // past the last whole group of units
+    const bool is_v = unit >= p.units_k;
+    uint32_t head, chunk;
+    (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? unit - p.units_k : unit, head, chunk);
+    const RowsSide &src = is_v ? a.value : a.key;
+    const CacheSide &dst = is_v ? a.cache.v : a.cache.k;
+    const char *const src_unit = src.data + head * src.stride_head + int64_t(chunk) * (VEC * sizeof(S));
+    char *const dst_unit = dst.data + head * dst.stride_head + dst.element_offset(int64_t(chunk) * VEC, sizeof(D));
+    const float *scale = kScaled && dst.scale ? dst.scale + (a.cache.per_head_scale ? head : 0) : nullptr;
+    const bool counts = unit == 0 && a.out_of_range;  // one count per token
     const int64_t num_slots = a.cache.num_slots();
-    // Per-tensor FP8 scales: one divisor (with its reciprocal) per thread, not per vector.
-    Fp8Divisor k_divisor, v_divisor;
-    if constexpr (kScaled) {
-        if (!a.cache.per_head_scale) {
-            k_divisor = make_fp8_divisor(a.cache.k.scale ? *a.cache.k.scale : 1.0f);
-            v_divisor = make_fp8_divisor(a.cache.v.scale ? *a.cache.v.scale : 1.0f);
-        }
-    }
-    for (int64_t base = int64_t(blockIdx.x) * (kThreads * U) + threadIdx.x; base < total;
-         base += int64_t(gridDim.x) * (kThreads * U)) {
+    const int64_t step = p.token_stride * U;
+    Fp8Divisor divisor;
+    bool have_divisor = false;
+    pdl_wait();
+    for (int64_t t = first; t < a.num_tokens; t += step) {
         int64_t slot[U];
-        uint32_t rest[U], head[U], chunk[U];
         Vec<S, VEC> in[U];
-        Fp8Divisor divisor[U];
 #pragma unroll
         for (int i = 0; i < U; ++i) {
-            const int64_t u = base + i * kThreads;
+            const int64_t ti = t + i * p.token_stride;
             slot[i] = -1;
-            if (u >= total) continue;
-            int64_t t;
-            uint32_t r;
-            if (p.small_units) {
-                uint32_t q;
-                p.units_token.divmod(uint32_t(u), q, r);
-                t = q;
-            } else {
-                t = u / p.units_token.divisor;
-                r = uint32_t(u - t * p.units_token.divisor);
-            }
-            slot[i] = a.slots[t];
-            rest[i] = r;
-            const bool is_v = r >= p.units_k;
-            (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? r - p.units_k : r, head[i], chunk[i]);
-            const RowsSide &src = is_v ? a.value : a.key;
-            in[i] = *reinterpret_cast<const Vec<S, VEC> *>(src.data + src.offset(t, head[i]) +
-                                                           int64_t(chunk[i]) * (VEC * sizeof(S)));
-            if constexpr (kScaled) {
-                if (a.cache.per_head_scale) {
-                    const float *sp = is_v ? a.cache.v.scale : a.cache.k.scale;
-                    divisor[i] = make_fp8_divisor(sp ? sp[head[i]] : 1.0f);
-                } else {
-                    divisor[i] = is_v ? v_divisor : k_divisor;
-                }
+            if (ti >= a.num_tokens) continue;
+            slot[i] = a.slots[ti];
+            in[i] = *reinterpret_cast<const Vec<S, VEC> *>(src_unit + ti * src.stride_row);
+        }
+        if constexpr (kScaled) {
+            // After the first loads are in flight: the scale load and its reciprocal overlap them.
+            if (!have_divisor) {
+                divisor = make_fp8_divisor(scale ? *scale : 1.0f);
+                have_divisor = true;
             }
         }
 #pragma unroll
         for (int i = 0; i < U; ++i) {
-            if (slot[i] < 0) continue;  // padding (or past the end of the grid)
+            if (slot[i] < 0) continue;  // padding (or past the last token)
             if (slot[i] >= num_slots) {
-                if (rest[i] == 0 && a.out_of_range)
-                    atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+                if (counts) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
                 continue;
             }
             int64_t block, offset;
@@ -98,19 +89,17 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
                 block = slot[i] / a.cache.block_size;
                 offset = slot[i] - block * a.cache.block_size;
             }
-            const CacheSide &dst = rest[i] >= p.units_k ? a.cache.v : a.cache.k;
             Vec<D, VEC> out;
             if constexpr (kScaled && VEC % 2 == 0) {
                 // fp8_quotient with its scale test hoisted out of the element loop, and the
                 // hardware converting pairs (one independent instruction per two elements).
-                const Fp8Divisor &d = divisor[i];
                 float q[VEC];
-                if (d.fast) {
+                if (divisor.fast) {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) q[e] = fp8_quotient_fast(to_f32<In>(in[i].v[e]), d);
+                    for (int e = 0; e < VEC; ++e) q[e] = fp8_quotient_fast(to_f32<In>(in[i].v[e]), divisor);
                 } else {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) q[e] = to_f32<In>(in[i].v[e]) / d.scale;
+                    for (int e = 0; e < VEC; ++e) q[e] = to_f32<In>(in[i].v[e]) / divisor.scale;
                 }
 #pragma unroll
                 for (int e = 0; e < VEC; e += 2) {
@@ -120,10 +109,9 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
                 }
             } else {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], divisor[i]);
+                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], divisor);
             }
-            *reinterpret_cast<Vec<D, VEC> *>(dst.data + dst.offset(block, offset, head[i]) +
-                                             int64_t(chunk[i]) * (VEC * sizeof(D))) = out;
+            *reinterpret_cast<Vec<D, VEC> *>(dst_unit + block * dst.stride_block + offset * dst.stride_slot) = out;
         }
     }
 }
@@ -137,11 +125,11 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
     p.chunks_k = FastDivmod(uint32_t(a.cache.k.head_size / a.vec));
     p.chunks_v = FastDivmod(a.cache.has_v ? uint32_t(a.cache.v.head_size / a.vec) : 1u);
     p.units_k = heads * p.chunks_k.divisor;
-    p.units_token = FastDivmod(p.units_k + (a.cache.has_v ? heads * p.chunks_v.divisor : 0u));
+    const uint32_t units_token = p.units_k + (a.cache.has_v ? heads * p.chunks_v.divisor : 0u);
+    p.units_token = FastDivmod(units_token);
     p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
     p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
-    const int64_t total = a.num_tokens * int64_t(p.units_token.divisor);
-    p.small_units = total < (int64_t(1) << 31);
+    const int64_t total = a.num_tokens * int64_t(units_token);
     dispatch_elem(a.in, [&](auto in) {
         dispatch_elem(a.cache.elem, [&](auto cache) {
             dispatch_vec(a.vec, [&](auto vec) {
@@ -150,12 +138,15 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
                 if constexpr (!elem_is_fp8(In) && vector_fits(V, elem_bytes(In), elem_bytes(Cache))) {
                     constexpr int kLarge = large_call_units<Cache>();
                     const bool large = total >= kLargeCallUnits;
-                    const int64_t per_block = int64_t(kThreads) * (large ? kLarge : 1);
-                    const int64_t blocks = (total + per_block - 1) / per_block;
-                    const unsigned grid = unsigned(blocks < (1 << 22) ? blocks : (1 << 22));
-                    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-                    if (large) write_kv_kernel<In, Cache, V, kLarge><<<grid, kThreads, 0, s>>>(p);
-                    else write_kv_kernel<In, Cache, V, 1><<<grid, kThreads, 0, s>>>(p);
+                    const int64_t per_thread = large ? kLarge : 1;
+                    // Threads: one per unit of every per_thread-th token, at least one token's
+                    // worth, at most 2^22 blocks (then the threads stride over the tokens).
+                    const int64_t threads = (a.num_tokens + per_thread - 1) / per_thread * int64_t(units_token);
+                    int64_t blocks = (threads + kThreads - 1) / kThreads;
+                    blocks = blocks < (1 << 22) ? blocks : (1 << 22);
+                    p.token_stride = blocks * kThreads / units_token;
+                    if (large) launch_pdl(write_kv_kernel<In, Cache, V, kLarge>, unsigned(blocks), kThreads, stream, p);
+                    else launch_pdl(write_kv_kernel<In, Cache, V, 1>, unsigned(blocks), kThreads, stream, p);
                 }
             });
         });
