@@ -10,8 +10,11 @@
  *  - Every function returns pkv_status; on failure pkv_last_error_message() says why, and no
  *    buffer has been touched.
  *  - Enqueueing functions take a pkv_stream last. They never synchronize, never allocate and
- *    never query the device, so they can be captured in a CUDA graph. Device faults surface at
- *    the caller's next stream synchronization.
+ *    never query the device (beyond reading its compute capability once per process), so they
+ *    can be captured in a CUDA graph. Device faults surface at the caller's next stream
+ *    synchronization. On sm_90+ the write and gather kernels use programmatic dependent launch:
+ *    they may start while the previous kernel of the stream runs, but touch no memory before
+ *    it has completed (stream order is kept). PKV_DISABLE_PDL=1 in the environment turns it off.
  *  - The caller makes the cache's CUDA device current before an enqueueing call (as with any
  *    CUDA library working on raw pointers); the stream must belong to that device.
  *  - Params / descriptor structs start with `size_t struct_size`; 0 in a field means the library

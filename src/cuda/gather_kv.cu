@@ -1,6 +1,7 @@
 // CUDA gather: one warp per output row (grid-stride). The row's source is found once per warp
 // (binary search over cu_seq_lens, then the block table); the lanes then stride over the
-// (head, chunk) vectors of the K row and the V row, a few loads in flight per lane.
+// (head, chunk) vectors of the K row and the V row, a few loads in flight per lane. Launched
+// with programmatic dependent launch (see cuda_check.cuh).
 #include "core/element_convert.h"
 #include "core/fast_divmod.h"
 #include "core/ops.h"
@@ -55,12 +56,14 @@ __device__ __forceinline__ void warp_gather_row(const char *__restrict__ src, co
 
 template <Elem Cache, Elem Out, int VEC>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) gather_kv_kernel(const GatherLaunch p) {
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const GatherArgs &a = p.a;
     const uint32_t lane = threadIdx.x & 31;
     const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const int64_t stride = (int64_t(gridDim.x) * blockDim.x) >> 5;
     const uint32_t heads = uint32_t(a.cache.num_heads);
     const CacheSide &kc = a.cache.k, &vc = a.cache.v;
+    pdl_wait();  // no global memory access before the previous kernel has completed
     for (int64_t row = first; row < a.num_rows; row += stride) {
         int64_t block, offset;
         if (!gather_row_source(a, row, block, offset)) continue;
@@ -91,8 +94,7 @@ void cuda_gather_kv(const GatherArgs &a, pkv_stream stream) {
                 constexpr Elem Cache = decltype(cache)::value, Out = decltype(out)::value;
                 constexpr int V = decltype(vec)::value;
                 if constexpr (!elem_is_fp8(Out) && vector_fits(V, elem_bytes(Cache), elem_bytes(Out))) {
-                    gather_kv_kernel<Cache, Out, V>
-                        <<<grid, kWarpsPerBlock * 32, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
+                    launch_pdl(gather_kv_kernel<Cache, Out, V>, grid, kWarpsPerBlock * 32, stream, p);
                 }
             });
         });

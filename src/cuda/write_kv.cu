@@ -121,23 +121,27 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
 void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
     WriteLaunch p;
     p.a = a;
+    // Small calls with 16-element vectors (a 1-byte side): 8 elements a thread halve each
+    // thread's conversion chain and use twice the threads; the latency is what counts there.
+    const int64_t vectors = a.num_tokens * (a.cache.k.head_size + (a.cache.has_v ? a.cache.v.head_size : 0)) *
+                            a.cache.num_heads / a.vec;
+    const bool large = vectors >= kLargeCallUnits;
+    if (a.vec == 16 && !large) p.a.vec = 8;
     const uint32_t heads = uint32_t(a.cache.num_heads);
-    p.chunks_k = FastDivmod(uint32_t(a.cache.k.head_size / a.vec));
-    p.chunks_v = FastDivmod(a.cache.has_v ? uint32_t(a.cache.v.head_size / a.vec) : 1u);
+    p.chunks_k = FastDivmod(uint32_t(a.cache.k.head_size / p.a.vec));
+    p.chunks_v = FastDivmod(a.cache.has_v ? uint32_t(a.cache.v.head_size / p.a.vec) : 1u);
     p.units_k = heads * p.chunks_k.divisor;
     const uint32_t units_token = p.units_k + (a.cache.has_v ? heads * p.chunks_v.divisor : 0u);
     p.units_token = FastDivmod(units_token);
     p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
     p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
-    const int64_t total = a.num_tokens * int64_t(units_token);
     dispatch_elem(a.in, [&](auto in) {
         dispatch_elem(a.cache.elem, [&](auto cache) {
-            dispatch_vec(a.vec, [&](auto vec) {
+            dispatch_vec(p.a.vec, [&](auto vec) {
                 constexpr Elem In = decltype(in)::value, Cache = decltype(cache)::value;
                 constexpr int V = decltype(vec)::value;
                 if constexpr (!elem_is_fp8(In) && vector_fits(V, elem_bytes(In), elem_bytes(Cache))) {
                     constexpr int kLarge = large_call_units<Cache>();
-                    const bool large = total >= kLargeCallUnits;
                     const int64_t per_thread = large ? kLarge : 1;
                     // Threads: one per unit of every per_thread-th token, at least one token's
                     // worth, at most 2^22 blocks (then the threads stride over the tokens).

@@ -60,7 +60,7 @@ pkv_cache_view legacy_view(const SplitCase &c, int64_t NB, uint8_t *k, uint8_t *
 TEST_P(SplitRows, MatchesNhd) {
     const SplitCase &c = GetParam();
     PKVT_SKIP_IF_NO_BACKEND(c.be);
-    const int64_t NB = 6, T = 37, e = fmt_bytes(c.cache), ie = fmt_bytes(c.in);
+    const int64_t T = 37, NB = (T + c.BS - 1) / c.BS + 2, e = fmt_bytes(c.cache), ie = fmt_bytes(c.in);
     const int64_t row = c.H * c.D, cache_bytes = NB * c.BS * row * e;
     Rng rng(uint64_t(c.H * 1000 + c.D * 10 + c.BS) + uint64_t(c.cache) * 7);
 
