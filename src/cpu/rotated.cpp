@@ -1,7 +1,158 @@
-// PLACEHOLDER (being implemented this session): INT4 / INT2 formats on the CPU.
-#include "core/error.h"
+// CPU INT4 / INT2 (Hadamard-rotated per-token-head) write and gather: tokens / output rows in
+// parallel (OpenMP), one head row at a time. The math is core/hadamard.h, shared with CUDA.
+#include <cstring>
+
+#include "core/hadamard.h"
 #include "core/ops.h"
+
 namespace pkv {
-void cpu_write_rotated(const WriteArgs &) { fail(PKV_ERROR_NOT_SUPPORTED, "INT4 / INT2 formats: not built yet"); }
-void cpu_gather_rotated(const GatherArgs &) { fail(PKV_ERROR_NOT_SUPPORTED, "INT4 / INT2 formats: not built yet"); }
+namespace {
+
+using rot::Int2Quant;
+using rot::Int4Quant;
+
+void store_scale(const CacheSide &c, int64_t block, int64_t offset, int64_t head, uint32_t bits) {
+    std::memcpy(c.scale_at(block, offset, head), &bits, 4);
+}
+
+template <Elem In>
+void write_row_int4(const char *src, const CacheSide &dst, int64_t block, int64_t offset, int64_t head) {
+    const int d = int(dst.head_size);
+    float v[kMaxRotatedHeadSize];
+    const auto *s = reinterpret_cast<const storage_t<In> *>(src);
+    for (int i = 0; i < d; ++i) {
+        const float x = to_f32<In>(s[i]);
+        v[i] = rot::sign_negates(dst.rotation_signs, i) ? rot::neg(x) : x;
+    }
+    rot::hadamard(v, d);
+    bool nonfinite = false;
+    float mn = 0.0f, mx = 0.0f;
+    for (int i = 0; i < d; ++i) {
+        v[i] = rot::round_to_input<In>(v[i]);
+        nonfinite |= !rot::is_finite(v[i]);
+        mn = i == 0 ? v[i] : rot::min_f(mn, v[i]);
+        mx = i == 0 ? v[i] : rot::max_f(mx, v[i]);
+    }
+    const Int4Quant p = rot::int4_quant(mn, mx, nonfinite);
+    auto *o = reinterpret_cast<uint8_t *>(dst.data + dst.offset(block, offset, head));
+    for (int j = 0; j < d / 2; ++j)
+        o[j] = uint8_t(rot::int4_code(v[2 * j], p) | (rot::int4_code(v[2 * j + 1], p) << 4));
+    store_scale(dst, block, offset, head, rot::int4_scale_bits(p));
+}
+
+template <Elem In>
+void write_row_int2(const char *src, const CacheSide &dst, int64_t block, int64_t offset, int64_t head) {
+    const int d = int(dst.head_size);
+    float v[kMaxRotatedHeadSize];
+    const auto *s = reinterpret_cast<const storage_t<In> *>(src);
+    for (int i = 0; i < d; ++i) v[i] = to_f32<In>(s[i]);
+    rot::hadamard(v, d);
+    bool nonfinite = false;
+    for (int i = 0; i < d; ++i) nonfinite |= !rot::is_finite(v[i]);
+    const Int2Quant p = rot::int2_quant(rot::int2_sum_squares(v, d), d, nonfinite);
+    auto *o = reinterpret_cast<uint8_t *>(dst.data + dst.offset(block, offset, head));
+    for (int j = 0; j < d / 4; ++j) {
+        uint32_t b = 0;
+        for (int i = 0; i < 4; ++i) b |= rot::int2_code(v[4 * j + i], p) << (2 * i);
+        o[j] = uint8_t(b);
+    }
+    store_scale(dst, block, offset, head, rot::int2_scale_bits(p));
+}
+
+template <Elem In, bool Int4> void write_all(const WriteArgs &a) {
+    const int64_t num_slots = a.cache.num_slots();
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 16)
+    for (int64_t t = 0; t < a.num_tokens; ++t) {
+        const int64_t slot = a.slots[t];
+        if (slot < 0) continue;  // padding: neither codes nor scale
+        if (slot >= num_slots) {
+            ++out_of_range;
+            continue;
+        }
+        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+        for (int side = 0; side < (a.cache.has_v ? 2 : 1); ++side) {
+            const RowsSide &src = side ? a.value : a.key;
+            const CacheSide &dst = side ? a.cache.v : a.cache.k;
+            for (int64_t h = 0; h < a.cache.num_heads; ++h) {
+                if constexpr (Int4) write_row_int4<In>(src.data + src.offset(t, h), dst, block, offset, h);
+                else write_row_int2<In>(src.data + src.offset(t, h), dst, block, offset, h);
+            }
+        }
+    }
+    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+}
+
+template <Elem Out, bool Int4>
+void gather_row(const CacheSide &src, int64_t block, int64_t offset, int64_t head, char *out, bool rotated_domain) {
+    const int d = int(src.head_size);
+    float v[kMaxRotatedHeadSize];
+    const auto *codes = reinterpret_cast<const uint8_t *>(src.data + src.offset(block, offset, head));
+    uint32_t bits;
+    std::memcpy(&bits, src.scale_at(block, offset, head), 4);
+    if constexpr (Int4) {
+        const rot::Int4Dequant p = rot::int4_dequant_params(bits);
+        for (int i = 0; i < d; ++i) v[i] = rot::int4_dequant((codes[i / 2] >> (4 * (i % 2))) & 0xfu, p);
+    } else {
+        const float factor = rot::int2_dequant_factor(fmt::f32_from_bits(bits), d);
+        for (int i = 0; i < d; ++i) v[i] = rot::int2_dequant((codes[i / 4] >> (2 * (i % 4))) & 3u, factor);
+    }
+    if (!rotated_domain) {
+        rot::hadamard(v, d);
+        const float inv_d = 1.0f / float(d);  // exact: d is a power of two
+        for (int i = 0; i < d; ++i) {
+            float x = v[i];
+            if constexpr (Int4) x = rot::sign_negates(src.rotation_signs, i) ? rot::neg(x) : x;
+            v[i] = rot::mul_rn(x, inv_d);
+        }
+    }
+    auto *o = reinterpret_cast<storage_t<Out> *>(out);
+    for (int i = 0; i < d; ++i) o[i] = rot::to_output<Out>(v[i]);
+}
+
+template <Elem Out, bool Int4> void gather_all(const GatherArgs &a) {
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 16)
+    for (int64_t row = 0; row < a.num_rows; ++row) {
+        int64_t block, offset;
+        if (!gather_row_source(a, row, block, offset)) continue;
+        if (block < 0) {
+            ++out_of_range;
+            continue;
+        }
+        for (int side = 0; side < (a.value.data ? 2 : 1); ++side) {
+            const CacheSide &src = side ? a.cache.v : a.cache.k;
+            const RowsSide &dst = side ? a.value : a.key;
+            for (int64_t h = 0; h < a.cache.num_heads; ++h)
+                gather_row<Out, Int4>(src, block, offset, h, dst.data + dst.offset(row, h), a.cache.rotated_domain);
+        }
+    }
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+}
+
+}  // namespace
+
+void cpu_write_rotated(const WriteArgs &a) {
+    const bool int4 = a.cache.format == PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD;
+    dispatch_elem(a.in, [&](auto in) {
+        constexpr Elem In = decltype(in)::value;
+        if constexpr (!elem_is_fp8(In)) {
+            if (int4) write_all<In, true>(a);
+            else write_all<In, false>(a);
+        }
+    });
+}
+
+void cpu_gather_rotated(const GatherArgs &a) {
+    const bool int4 = a.cache.format == PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD;
+    dispatch_elem(a.out, [&](auto out) {
+        constexpr Elem Out = decltype(out)::value;
+        if constexpr (!elem_is_fp8(Out)) {
+            if (int4) gather_all<Out, true>(a);
+            else gather_all<Out, false>(a);
+        }
+    });
+}
+
 }  // namespace pkv
