@@ -1,7 +1,88 @@
-// PLACEHOLDER (being implemented this session): fp8_ds_mla entries on the CPU.
-#include "core/error.h"
+// CPU fp8_ds_mla entries: tokens / output rows in parallel (OpenMP). The entry math is
+// core/ds_mla.h (shared with the CUDA backend). Inputs and outputs may be aligned to their
+// element size only: every access goes through memcpy.
+#include <cstring>
+
+#include "core/ds_mla.h"
 #include "core/ops.h"
+
 namespace pkv {
-void cpu_write_ds_mla(const MlaWriteArgs &) { fail(PKV_ERROR_NOT_SUPPORTED, "fp8_ds_mla: not built yet"); }
-void cpu_gather_ds_mla(const GatherArgs &) { fail(PKV_ERROR_NOT_SUPPORTED, "fp8_ds_mla: not built yet"); }
+namespace {
+
+template <Elem In> void write_entry(const MlaWriteArgs &a, int64_t t, char *entry) {
+    using S = storage_t<In>;
+    S x[ds_mla::kLatent];
+    std::memcpy(x, a.kv_c.data + a.kv_c.offset(t, 0), sizeof x);
+    uint8_t codes[ds_mla::kLatent];
+    float scales[ds_mla::kTiles];
+    for (int i = 0; i < ds_mla::kTiles; ++i)
+        scales[i] = ds_mla::encode_tile<In>(x + i * ds_mla::kTileElems, codes + i * ds_mla::kTileElems);
+    std::memcpy(entry, codes, sizeof codes);
+    std::memcpy(entry + ds_mla::kScalesOffset, scales, sizeof scales);
+    std::memcpy(entry + ds_mla::kRopeOffset, a.k_pe.data + a.k_pe.offset(t, 0), ds_mla::kRope * sizeof(uint16_t));
+}
+
+template <Elem In> void write_all(const MlaWriteArgs &a) {
+    const int64_t num_slots = a.cache.num_slots();
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 32)
+    for (int64_t t = 0; t < a.num_tokens; ++t) {
+        const int64_t slot = a.slots[t];
+        if (slot < 0) continue;  // padding
+        if (slot >= num_slots) {
+            ++out_of_range;
+            continue;
+        }
+        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+        write_entry<In>(a, t, a.cache.k.data + a.cache.k.offset(block, offset, 0));
+    }
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+}
+
+template <bool RopeF16, Elem Out> void gather_entry(const char *entry, char *dst) {
+    using D = storage_t<Out>;
+    D out[ds_mla::kLatent + ds_mla::kRope];
+    float scales[ds_mla::kTiles];
+    std::memcpy(scales, entry + ds_mla::kScalesOffset, sizeof scales);
+    const auto *codes = reinterpret_cast<const uint8_t *>(entry);
+    for (int i = 0; i < ds_mla::kLatent; ++i)
+        out[i] = from_f32<Out>(ds_mla::decode_latent(codes[i], scales[i / ds_mla::kTileElems]));
+    uint16_t rope[ds_mla::kRope];
+    std::memcpy(rope, entry + ds_mla::kRopeOffset, sizeof rope);
+    for (int i = 0; i < ds_mla::kRope; ++i) out[ds_mla::kLatent + i] = ds_mla::decode_rope<RopeF16, Out>(rope[i]);
+    std::memcpy(dst, out, sizeof out);
+}
+
+template <bool RopeF16, Elem Out> void gather_all(const GatherArgs &a) {
+    int64_t out_of_range = 0;
+#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 32)
+    for (int64_t row = 0; row < a.num_rows; ++row) {
+        int64_t block, offset;
+        if (!gather_row_source(a, row, block, offset)) continue;
+        if (block < 0) {
+            ++out_of_range;
+            continue;
+        }
+        gather_entry<RopeF16, Out>(a.cache.k.data + a.cache.k.offset(block, offset, 0), a.key.data + a.key.offset(row, 0));
+    }
+    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+}
+
+}  // namespace
+
+void cpu_write_ds_mla(const MlaWriteArgs &a) {
+    if (a.in == Elem::F16) write_all<Elem::F16>(a);
+    else write_all<Elem::BF16>(a);
+}
+
+void cpu_gather_ds_mla(const GatherArgs &a) {
+    dispatch_elem(a.out, [&](auto out) {
+        constexpr Elem Out = decltype(out)::value;
+        if constexpr (!elem_is_fp8(Out)) {
+            if (a.cache.rope_f16) gather_all<true, Out>(a);
+            else gather_all<false, Out>(a);
+        }
+    });
+}
+
 }  // namespace pkv
