@@ -8,7 +8,9 @@
 // Gather: one warp per output row (grid-stride). Lane l reads 4 code bytes of each tile
 // (16 fp8 bytes a lane, coalesced 4-byte loads: an entry is only 4-byte aligned) and 2 RoPE words,
 // and writes 4 + 4 + 4 + 4 + 2 contiguous output elements (vector stores when the row allows).
-// No host sync, allocation or device query: graph-capturable. Address math in int64.
+// No host sync, allocation or device query: graph-capturable. Address math in int64. Both are
+// launched with programmatic dependent launch (launch_pdl, cuda_check.cuh): no global memory is
+// touched before pdl_wait().
 #include <cstdint>
 
 #include "core/ds_mla.h"
@@ -22,8 +24,10 @@ constexpr int kWriteThreads = 96;
 constexpr int64_t kMaxGrid = int64_t(1) << 22;
 
 template <Elem In> __global__ void __launch_bounds__(kWriteThreads) write_ds_mla_kernel(const MlaWriteArgs a) {
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const int64_t num_slots = a.cache.num_slots();
     const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
+    pdl_wait();  // no global memory access before the previous kernel has completed
     for (int64_t t = blockIdx.x; t < a.num_tokens; t += gridDim.x) {
         const int64_t slot = a.slots[t];
         if (slot < 0) continue;  // padding: the whole block skips the token
@@ -92,9 +96,11 @@ template <Elem In> __global__ void __launch_bounds__(kWriteThreads) write_ds_mla
 template <bool RopeF16, Elem Out>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) gather_ds_mla_kernel(const GatherArgs a) {
     using D = storage_t<Out>;
+    pdl_launch_dependents();
     const uint32_t lane = threadIdx.x & 31;
     const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const int64_t stride = (int64_t(gridDim.x) * blockDim.x) >> 5;
+    pdl_wait();
     for (int64_t row = first; row < a.num_rows; row += stride) {
         int64_t block, offset;
         if (!gather_row_source(a, row, block, offset)) continue;
@@ -145,20 +151,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) gather_ds_mla_kernel(cons
 
 void cuda_write_ds_mla(const MlaWriteArgs &a, pkv_stream stream) {
     const unsigned grid = unsigned(a.num_tokens < kMaxGrid ? a.num_tokens : kMaxGrid);
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-    if (a.in == Elem::F16) write_ds_mla_kernel<Elem::F16><<<grid, kWriteThreads, 0, s>>>(a);
-    else write_ds_mla_kernel<Elem::BF16><<<grid, kWriteThreads, 0, s>>>(a);
+    if (a.in == Elem::F16) launch_pdl(write_ds_mla_kernel<Elem::F16>, grid, kWriteThreads, stream, a);
+    else launch_pdl(write_ds_mla_kernel<Elem::BF16>, grid, kWriteThreads, stream, a);
     cuda_check_launch("write_ds_mla_kernel");
 }
 
 void cuda_gather_ds_mla(const GatherArgs &a, pkv_stream stream) {
     const unsigned grid = rows_grid(a.num_rows);
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     dispatch_elem(a.out, [&](auto out) {
         constexpr Elem Out = decltype(out)::value;
         if constexpr (!elem_is_fp8(Out)) {
-            if (a.cache.rope_f16) gather_ds_mla_kernel<true, Out><<<grid, kWarpsPerBlock * 32, 0, s>>>(a);
-            else gather_ds_mla_kernel<false, Out><<<grid, kWarpsPerBlock * 32, 0, s>>>(a);
+            if (a.cache.rope_f16) launch_pdl(gather_ds_mla_kernel<true, Out>, grid, kWarpsPerBlock * 32, stream, a);
+            else launch_pdl(gather_ds_mla_kernel<false, Out>, grid, kWarpsPerBlock * 32, stream, a);
         }
     });
     cuda_check_launch("gather_ds_mla_kernel");
