@@ -223,7 +223,9 @@ typedef enum pkv_cache_format {
      * head of 576 elements (512 latent + 64 RoPE), each entry 656 bytes: [0, 512) e4m3 codes,
      * [512, 528) four float32 tile scales (s_i = max(amax of tile i / 448, FLT_MIN)),
      * [528, 656) the 64 RoPE values, bf16 (or f16 with PKV_CACHE_VIEW_ROPE_F16). Written by
-     * pkv_write_mla; gathered by pkv_gather_kv.
+     * pkv_write_mla; gathered by pkv_gather_kv. A tile with a NaN gets a NaN scale and 0x7F
+     * codes (vLLM's fmaxf would skip the NaN); with an Inf (no NaN) the scale is Inf, finite
+     * values code as +-0 and +-Inf as 0x7F; an all-zero tile has scale FLT_MIN.
      */
     PKV_CACHE_FORMAT_FP8_DS_MLA = 10,
     PKV_CACHE_FORMAT_FORCE32 = 0x7FFFFFFF

@@ -3,6 +3,7 @@
  *
  *   pagedkv info             version, build facts, CUDA devices
  *   pagedkv demo [--cpu]     write + gather round trip for every cache format, with a summary
+ *   pagedkv formats [--check FILE]  measured bytes and error of every format (docs/formats.md)
  *   pagedkv --help | --version
  *
  * Uses only the public C API (pagedkv.h).
@@ -14,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "commands.h"
+
 static void usage(FILE *f) {
     fputs("usage: pagedkv <command> [options]\n"
           "\n"
@@ -22,6 +25,9 @@ static void usage(FILE *f) {
           "  demo [--cpu]   write random keys/values of 1000 tokens (8 heads x 128 dims) into a\n"
           "                 paged cache and gather them back, for every cache format; on the\n"
           "                 GPU when one is present, else (or with --cpu) on the CPU\n"
+          "  formats [--check FILE]\n"
+          "                 print the measured table of docs/formats.md (bytes and error of\n"
+          "                 every format); --check: fail unless FILE holds that very table\n"
           "\n"
           "options:\n"
           "  -h, --help     show this help\n"
@@ -308,6 +314,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "--version") == 0) { printf("pagedkv %s\n", pkv_version_string()); return 0; }
     if (strcmp(argv[1], "info") == 0) return cmd_info();
     if (strcmp(argv[1], "demo") == 0) return cmd_demo(argc - 2, argv + 2);
+    if (strcmp(argv[1], "formats") == 0) return cmd_formats(argc - 2, argv + 2);
     fprintf(stderr, "pagedkv: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;
