@@ -124,7 +124,7 @@ void run_format(const Format &f, int64_t T, int reps, cudaStream_t s, std::vecto
     DevBuf slots(size_t(T * 8)), scale(4);
     DevBuf out_k(size_t(T * heads * dim * 2)), out_v(size_t(T * heads * dim * 2));
     // Inputs: bf16 values in [-4, 4).
-    std::vector<uint16_t> host(size_t(T * heads * dim));
+    std::vector<uint16_t> host(static_cast<size_t>(T * heads * dim));
     std::uniform_real_distribution<float> u(-4.0f, 4.0f);
     for (auto &h : host) {
         float x = u(rng);
@@ -134,7 +134,7 @@ void run_format(const Format &f, int64_t T, int reps, cudaStream_t s, std::vecto
     }
     upload(key.p, host.data(), host.size() * 2);
     upload(value.p, host.data(), host.size() * 2);
-    std::vector<int64_t> perm(size_t(slots_n));
+    std::vector<int64_t> perm(static_cast<size_t>(slots_n));
     for (int64_t i = 0; i < slots_n; ++i) perm[size_t(i)] = i;
     std::shuffle(perm.begin(), perm.end(), rng);
     upload(slots.p, perm.data(), size_t(T) * 8);
@@ -173,7 +173,7 @@ void run_format(const Format &f, int64_t T, int reps, cudaStream_t s, std::vecto
     };
     // Gather: T rows of 16 requests over a block table that lists each request's blocks.
     const int64_t B = T >= 16 ? 16 : 1, per = T / B, maxb = (per + BS - 1) / BS;
-    std::vector<int32_t> table(size_t(B * maxb)), cu(size_t(B + 1));
+    std::vector<int32_t> table(static_cast<size_t>(B * maxb)), cu(static_cast<size_t>(B + 1));
     for (int64_t b = 0; b < B; ++b) {
         cu[size_t(b)] = int32_t(b * per);
         for (int64_t j = 0; j < maxb; ++j) table[size_t(b * maxb + j)] = int32_t((b * maxb + j) % blocks);
