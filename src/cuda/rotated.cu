@@ -1,7 +1,505 @@
-// PLACEHOLDER (being implemented this session): INT4 / INT2 formats on the CUDA.
-#include "core/error.h"
+// CUDA INT4 / INT2 (Hadamard-rotated per-token-head) write and gather. The math and its op
+// orders are core/hadamard.h, shared with the CPU backend (bit-identical results).
+//
+// Layout: a group of L = D / E lanes holds one (token, side, head) row, each lane E = 16
+// consecutive elements (E = D below 16, 32 at D = 1024), so a warp works on 32 / L rows at once.
+// Butterfly stages h < E run in registers, stages h >= E exchange with lane ^ (h / E) (xor
+// shuffles stay inside the group). Min / max, the "any non-finite" vote and the INT2 sum of
+// squares reduce over the group in the order hadamard.h defines. A lane writes its E / 2 (INT4)
+// or E / 4 (INT2) code bytes; the group's first lane writes the scale. Warps grid-stride over
+// the rows; loop bounds are warp-uniform, so every lane reaches every shuffle (rows that are
+// padding or past the end compute on zeros and store nothing).
+#include "core/fast_divmod.h"
+#include "core/hadamard.h"
 #include "core/ops.h"
+#include "cuda/cuda_check.cuh"
+
 namespace pkv {
-void cuda_write_rotated(const WriteArgs &, pkv_stream) { fail(PKV_ERROR_NOT_SUPPORTED, "INT4 / INT2 formats: not built yet"); }
-void cuda_gather_rotated(const GatherArgs &, pkv_stream) { fail(PKV_ERROR_NOT_SUPPORTED, "INT4 / INT2 formats: not built yet"); }
+namespace {
+
+constexpr int kThreads = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+template <int D> struct RowShape {
+    static constexpr int E = D < 16 ? D : (D == 1024 ? 32 : 16);  // elements per lane
+    static constexpr int L = D / E;                                 // lanes per row
+    static constexpr int RPW = 32 / L;                              // rows per warp
+};
+
+// ---------------------------------------------------------------- unaligned-safe vector access
+template <int N> struct Words {
+    uint32_t w[(N + 3) / 4];
+};
+
+// N bytes from p, with the widest accesses the address allows (p is aligned to at least
+// min(N, 2) bytes for inputs / outputs; code bytes may have any alignment).
+template <int N> __device__ __forceinline__ Words<N> load_bytes(const char *p) {
+    Words<N> r;
+#pragma unroll
+    for (int i = 0; i < (N + 3) / 4; ++i) r.w[i] = 0;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    if constexpr (N % 16 == 0) {
+        if (a % 16 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 16; ++i) {
+                const uint4 x = reinterpret_cast<const uint4 *>(p)[i];
+                r.w[4 * i] = x.x; r.w[4 * i + 1] = x.y; r.w[4 * i + 2] = x.z; r.w[4 * i + 3] = x.w;
+            }
+            return r;
+        }
+    }
+    if constexpr (N % 8 == 0) {
+        if (a % 8 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 8; ++i) {
+                const uint2 x = reinterpret_cast<const uint2 *>(p)[i];
+                r.w[2 * i] = x.x; r.w[2 * i + 1] = x.y;
+            }
+            return r;
+        }
+    }
+    if constexpr (N % 4 == 0) {
+        if (a % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 4; ++i) r.w[i] = reinterpret_cast<const uint32_t *>(p)[i];
+            return r;
+        }
+    }
+    if constexpr (N % 2 == 0) {
+        if (a % 2 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 2; ++i)
+                r.w[i / 2] |= uint32_t(reinterpret_cast<const uint16_t *>(p)[i]) << (16 * (i % 2));
+            return r;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.w[i / 4] |= uint32_t(reinterpret_cast<const uint8_t *>(p)[i]) << (8 * (i % 4));
+    return r;
+}
+
+template <int N> __device__ __forceinline__ void store_bytes(char *p, const Words<N> &r) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    if constexpr (N % 16 == 0) {
+        if (a % 16 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 16; ++i)
+                reinterpret_cast<uint4 *>(p)[i] = make_uint4(r.w[4 * i], r.w[4 * i + 1], r.w[4 * i + 2], r.w[4 * i + 3]);
+            return;
+        }
+    }
+    if constexpr (N % 8 == 0) {
+        if (a % 8 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 8; ++i) reinterpret_cast<uint2 *>(p)[i] = make_uint2(r.w[2 * i], r.w[2 * i + 1]);
+            return;
+        }
+    }
+    if constexpr (N % 4 == 0) {
+        if (a % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 4; ++i) reinterpret_cast<uint32_t *>(p)[i] = r.w[i];
+            return;
+        }
+    }
+    if constexpr (N % 2 == 0) {
+        if (a % 2 == 0) {
+#pragma unroll
+            for (int i = 0; i < N / 2; ++i) reinterpret_cast<uint16_t *>(p)[i] = uint16_t(r.w[i / 2] >> (16 * (i % 2)));
+            return;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) reinterpret_cast<uint8_t *>(p)[i] = uint8_t(r.w[i / 4] >> (8 * (i % 4)));
+}
+
+// Element e of E storage elements packed in words.
+template <Elem T, int N> __device__ __forceinline__ float element(const Words<N> &r, int e) {
+    if constexpr (T == Elem::F32) return __uint_as_float(r.w[e]);
+    else return to_f32<T>(uint16_t(r.w[e / 2] >> (16 * (e % 2))));
+}
+
+template <Elem T, int N> __device__ __forceinline__ void set_element(Words<N> &r, int e, storage_t<T> x) {
+    if constexpr (T == Elem::F32) r.w[e] = __float_as_uint(x);
+    else r.w[e / 2] |= uint32_t(x) << (16 * (e % 2));
+}
+
+// ---------------------------------------------------------------- group operations
+// The Hadamard transform of the group's row (hadamard.h's stage order). Cross-lane pairs: the
+// lower lane computes mine + other, the upper other - mine, as one FMA with an exact product
+// (mine * +-1): round(other +- mine), the very sum / difference of the definition.
+template <int E, int L> __device__ __forceinline__ void group_hadamard(float (&v)[E], uint32_t g) {
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1) {
+#pragma unroll
+        for (int i = 0; i < E; ++i)
+            if ((i & h) == 0) rot::butterfly(v[i], v[i + h]);
+    }
+#pragma unroll
+    for (int m = 1; m < L; m <<= 1) {
+        const float sgn = (g & m) ? -1.0f : 1.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const float other = __shfl_xor_sync(kFull, v[e], m);
+            v[e] = __fmaf_rn(v[e], sgn, other);
+        }
+    }
+}
+
+template <int L> __device__ __forceinline__ float group_min(float x) {
+#pragma unroll
+    for (int m = L / 2; m >= 1; m >>= 1) x = rot::min_f(x, __shfl_xor_sync(kFull, x, m));
+    return x;
+}
+template <int L> __device__ __forceinline__ float group_max(float x) {
+#pragma unroll
+    for (int m = L / 2; m >= 1; m >>= 1) x = rot::max_f(x, __shfl_xor_sync(kFull, x, m));
+    return x;
+}
+template <int L> __device__ __forceinline__ bool group_any(bool b, uint32_t grp) {
+    const uint32_t votes = __ballot_sync(kFull, b);
+    if constexpr (L == 32) return votes != 0;
+    else return ((votes >> (grp * L)) & ((1u << L) - 1u)) != 0;
+}
+
+// The INT2 sum of squares in hadamard.h's order: chunks of min(D, 16) elements (one or two per
+// lane), then the xor butterfly over chunks, offsets C/2 .. 1 (cross-lane first).
+template <int E, int L> __device__ __forceinline__ float group_sum_squares(const float (&v)[E]) {
+    constexpr int K = E < 16 ? E : 16, NC = E / K;
+    float p[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < K; ++i) s = rot::add_rn(s, rot::mul_rn(v[c * K + i], v[c * K + i]));
+        p[c] = s;
+    }
+#pragma unroll
+    for (int m = L / 2; m >= 1; m >>= 1) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c) p[c] = rot::add_rn(p[c], __shfl_xor_sync(kFull, p[c], m));
+    }
+    if constexpr (NC == 2) {
+        const float a = p[0], b = p[1];
+        p[0] = rot::add_rn(a, b);
+    }
+    return p[0];
+}
+
+// Bit e set: element g*E + e is negated (hadamard.h's sign rule).
+template <int E> __device__ __forceinline__ uint32_t lane_sign_mask(const float *signs, uint32_t g) {
+    uint32_t m = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) m |= uint32_t(rot::sign_negates(signs, int64_t(g) * E + e)) << e;
+    return m;
+}
+
+// ---------------------------------------------------------------- launches
+struct RowSplit {
+    int64_t total = 0;             // rows of this launch: items * sides * heads
+    int side_first = 0, sides = 1; // sides of this launch (K = 0, V = 1)
+    bool count = true;             // counts out-of-range tokens / rows
+    FastDivmod units_item;         // sides * heads
+    FastDivmod heads;
+    bool small_units = true;       // total < 2^31
+};
+
+RowSplit make_split(int64_t items, int64_t heads, int side_first, int sides, bool count) {
+    RowSplit s;
+    s.side_first = side_first;
+    s.sides = sides;
+    s.count = count;
+    s.units_item = FastDivmod(uint32_t(sides * heads));
+    s.heads = FastDivmod(uint32_t(heads));
+    s.total = items * sides * heads;
+    s.small_units = s.total < (int64_t(1) << 31);
+    return s;
+}
+
+// Row u of a launch -> item (token or output row), side (0 K, 1 V) and head.
+__device__ __forceinline__ void split_unit(const RowSplit &s, int64_t u, int64_t &item, int &side, uint32_t &head) {
+    uint32_t rest;
+    if (s.small_units) {
+        uint32_t q;
+        s.units_item.divmod(uint32_t(u), q, rest);
+        item = q;
+    } else {
+        item = u / s.units_item.divisor;
+        rest = uint32_t(u - item * s.units_item.divisor);
+    }
+    uint32_t sl;
+    s.heads.divmod(rest, sl, head);
+    side = s.side_first + int(sl);
+}
+
+unsigned grid_for(int64_t total, int rows_per_warp) {
+    const int64_t warps = (total + rows_per_warp - 1) / rows_per_warp;
+    const int64_t blocks = (warps + kThreads / 32 - 1) / (kThreads / 32);
+    return unsigned(blocks < (1 << 20) ? blocks : (1 << 20));
+}
+
+// ---------------------------------------------------------------- write
+struct WriteLaunch {
+    WriteArgs a;
+    RowSplit split;
+    FastDivmod block_size;  // valid when small_slots
+    bool small_slots;
+};
+
+template <Elem In, bool Int4, int D>
+__global__ void __launch_bounds__(kThreads) write_rotated_kernel(const WriteLaunch p) {
+    using Shape = RowShape<D>;
+    constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
+    constexpr int kInBytes = E * int(sizeof(storage_t<In>));
+    constexpr int kCodeBytes = Int4 ? E / 2 : E / 4;
+    const WriteArgs &a = p.a;
+    const uint32_t lane = threadIdx.x & 31, g = lane % L, grp = lane / L;
+    const int64_t warp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
+    const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
+    const int64_t num_slots = a.cache.num_slots();
+    uint32_t k_signs = 0, v_signs = 0;  // scalars, not an array: no local memory
+    if constexpr (Int4) {
+        k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
+        if (a.cache.has_v) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+    }
+    for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
+        const int64_t u = base + grp;
+        int64_t t = 0, slot = -1;
+        int side = 0;
+        uint32_t head = 0;
+        if (u < p.split.total) {
+            split_unit(p.split, u, t, side, head);
+            slot = a.slots[t];
+            if (slot >= num_slots && p.split.count && side == p.split.side_first && head == 0 && g == 0 &&
+                a.out_of_range)
+                atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+        }
+        const bool active = slot >= 0 && slot < num_slots;
+        const RowsSide &src = side ? a.value : a.key;
+        float v[E];
+        if (active) {
+            const Words<kInBytes> in = load_bytes<kInBytes>(src.data + src.offset(t, head) + int64_t(g) * kInBytes);
+#pragma unroll
+            for (int e = 0; e < E; ++e) v[e] = element<In>(in, e);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) v[e] = 0.0f;
+        }
+        if constexpr (Int4) {
+            const uint32_t mask = side ? v_signs : k_signs;
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+                if ((mask >> e) & 1u) v[e] = rot::neg(v[e]);
+        }
+        group_hadamard<E, L>(v, g);
+        bool nonfinite = false;
+        Words<kCodeBytes> codes;
+#pragma unroll
+        for (int i = 0; i < (kCodeBytes + 3) / 4; ++i) codes.w[i] = 0;
+        uint32_t scale_bits;
+        if constexpr (Int4) {
+            float mn = 0.0f, mx = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                v[e] = rot::round_to_input<In>(v[e]);
+                nonfinite |= !rot::is_finite(v[e]);
+                mn = e == 0 ? v[e] : rot::min_f(mn, v[e]);
+                mx = e == 0 ? v[e] : rot::max_f(mx, v[e]);
+            }
+            mn = group_min<L>(mn);
+            mx = group_max<L>(mx);
+            const rot::Int4Quant q = rot::int4_quant(mn, mx, group_any<L>(nonfinite, grp));
+#pragma unroll
+            for (int e = 0; e < E; ++e) codes.w[e / 8] |= rot::int4_code(v[e], q) << (4 * (e % 8));
+            scale_bits = rot::int4_scale_bits(q);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) nonfinite |= !rot::is_finite(v[e]);
+            const float sum = group_sum_squares<E, L>(v);
+            const rot::Int2Quant q = rot::int2_quant(sum, D, group_any<L>(nonfinite, grp));
+#pragma unroll
+            for (int e = 0; e < E; ++e) codes.w[e / 16] |= rot::int2_code(v[e], q) << (2 * (e % 16));
+            scale_bits = rot::int2_scale_bits(q);
+        }
+        if (active) {
+            int64_t block, offset;
+            if (p.small_slots) {
+                uint32_t q, r;
+                p.block_size.divmod(uint32_t(slot), q, r);
+                block = q;
+                offset = r;
+            } else {
+                block = slot / a.cache.block_size;
+                offset = slot - block * a.cache.block_size;
+            }
+            const CacheSide &dst = side ? a.cache.v : a.cache.k;
+            store_bytes<kCodeBytes>(dst.data + dst.offset(block, offset, head) + int64_t(g) * kCodeBytes, codes);
+            if (g == 0) *reinterpret_cast<uint32_t *>(dst.scale_at(block, offset, head)) = scale_bits;
+        }
+    }
+}
+
+// Calls f(std::integral_constant<int, D>{}) for a validated power-of-two head size.
+template <typename F> void dispatch_head_size(int64_t d, F &&f) {
+    switch (d) {
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 8: f(std::integral_constant<int, 8>{}); break;
+        case 16: f(std::integral_constant<int, 16>{}); break;
+        case 32: f(std::integral_constant<int, 32>{}); break;
+        case 64: f(std::integral_constant<int, 64>{}); break;
+        case 128: f(std::integral_constant<int, 128>{}); break;
+        case 256: f(std::integral_constant<int, 256>{}); break;
+        case 512: f(std::integral_constant<int, 512>{}); break;
+        default: f(std::integral_constant<int, 1024>{}); break;
+    }
+}
+
+void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool count, cudaStream_t s) {
+    WriteLaunch p;
+    p.a = a;
+    p.split = make_split(a.num_tokens, a.cache.num_heads, side_first, sides, count);
+    p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
+    p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
+    const bool int4 = a.cache.format == PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD;
+    dispatch_elem(a.in, [&](auto in) {
+        constexpr Elem In = decltype(in)::value;
+        if constexpr (!elem_is_fp8(In)) {
+            dispatch_head_size(d, [&](auto dd) {
+                constexpr int D = decltype(dd)::value;
+                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW);
+                if (int4) {
+                    write_rotated_kernel<In, true, D><<<grid, kThreads, 0, s>>>(p);
+                } else if constexpr (D >= 4) {
+                    write_rotated_kernel<In, false, D><<<grid, kThreads, 0, s>>>(p);
+                }
+            });
+        }
+    });
+    cuda_check_launch("write_rotated_kernel");
+}
+
+// ---------------------------------------------------------------- gather
+struct GatherLaunch {
+    GatherArgs a;
+    RowSplit split;
+};
+
+template <Elem Out, bool Int4, int D>
+__global__ void __launch_bounds__(kThreads) gather_rotated_kernel(const GatherLaunch p) {
+    using Shape = RowShape<D>;
+    constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
+    constexpr int kOutBytes = E * int(sizeof(storage_t<Out>));
+    constexpr int kCodeBytes = Int4 ? E / 2 : E / 4;
+    const GatherArgs &a = p.a;
+    const uint32_t lane = threadIdx.x & 31, g = lane % L, grp = lane / L;
+    const int64_t warp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
+    const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
+    const bool original = !a.cache.rotated_domain;
+    uint32_t k_signs = 0, v_signs = 0;
+    if constexpr (Int4) {
+        k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
+        if (a.value.data) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+    }
+    constexpr float kInvD = 1.0f / float(D);  // exact: D is a power of two
+    for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
+        const int64_t u = base + grp;
+        int64_t row = 0, block = -1, offset = 0;
+        int side = 0;
+        uint32_t head = 0;
+        bool active = false;
+        if (u < p.split.total) {
+            split_unit(p.split, u, row, side, head);
+            if (gather_row_source(a, row, block, offset)) {
+                active = block >= 0;
+                if (!active && p.split.count && side == p.split.side_first && head == 0 && g == 0 && a.out_of_range)
+                    atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+            }
+        }
+        const CacheSide &src = side ? a.cache.v : a.cache.k;
+        float v[E];
+        if (active) {
+            const Words<kCodeBytes> codes =
+                load_bytes<kCodeBytes>(src.data + src.offset(block, offset, head) + int64_t(g) * kCodeBytes);
+            const uint32_t bits = *reinterpret_cast<const uint32_t *>(src.scale_at(block, offset, head));
+            if constexpr (Int4) {
+                const rot::Int4Dequant q = rot::int4_dequant_params(bits);
+#pragma unroll
+                for (int e = 0; e < E; ++e) v[e] = rot::int4_dequant((codes.w[e / 8] >> (4 * (e % 8))) & 0xfu, q);
+            } else {
+                const float factor = rot::int2_dequant_factor(__uint_as_float(bits), D);
+#pragma unroll
+                for (int e = 0; e < E; ++e) v[e] = rot::int2_dequant((codes.w[e / 16] >> (2 * (e % 16))) & 3u, factor);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) v[e] = 0.0f;
+        }
+        if (original) {  // uniform over the launch: every lane reaches the shuffles
+            group_hadamard<E, L>(v, g);
+            const uint32_t mask = side ? v_signs : k_signs;
+#pragma unroll
+            for (int e = 0; e < E; ++e) v[e] = rot::mul_rn((mask >> e) & 1u ? rot::neg(v[e]) : v[e], kInvD);
+        }
+        if (active) {
+            Words<kOutBytes> out;
+#pragma unroll
+            for (int i = 0; i < (kOutBytes + 3) / 4; ++i) out.w[i] = 0;
+#pragma unroll
+            for (int e = 0; e < E; ++e) set_element<Out>(out, e, rot::to_output<Out>(v[e]));
+            const RowsSide &dst = side ? a.value : a.key;
+            store_bytes<kOutBytes>(dst.data + dst.offset(row, head) + int64_t(g) * kOutBytes, out);
+        }
+    }
+}
+
+void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bool count, cudaStream_t s) {
+    GatherLaunch p;
+    p.a = a;
+    p.split = make_split(a.num_rows, a.cache.num_heads, side_first, sides, count);
+    const bool int4 = a.cache.format == PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD;
+    dispatch_elem(a.out, [&](auto out) {
+        constexpr Elem Out = decltype(out)::value;
+        if constexpr (!elem_is_fp8(Out)) {
+            dispatch_head_size(d, [&](auto dd) {
+                constexpr int D = decltype(dd)::value;
+                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW);
+                if (int4) {
+                    gather_rotated_kernel<Out, true, D><<<grid, kThreads, 0, s>>>(p);
+                } else if constexpr (D >= 4) {
+                    gather_rotated_kernel<Out, false, D><<<grid, kThreads, 0, s>>>(p);
+                }
+            });
+        }
+    });
+    cuda_check_launch("gather_rotated_kernel");
+}
+
+}  // namespace
+
+// K and V in one launch when their head sizes agree; otherwise one launch a side (the first
+// counts the out-of-range tokens).
+void cuda_write_rotated(const WriteArgs &a, pkv_stream stream) {
+    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    const int64_t dk = a.cache.k.head_size;
+    if (!a.cache.has_v || a.cache.v.head_size == dk) {
+        launch_write(a, dk, 0, a.cache.has_v ? 2 : 1, true, s);
+    } else {
+        launch_write(a, dk, 0, 1, true, s);
+        launch_write(a, a.cache.v.head_size, 1, 1, false, s);
+    }
+}
+
+void cuda_gather_rotated(const GatherArgs &a, pkv_stream stream) {
+    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    const int64_t dk = a.cache.k.head_size;
+    const bool with_v = a.value.data != nullptr;
+    if (!with_v || a.cache.v.head_size == dk) {
+        launch_gather(a, dk, 0, with_v ? 2 : 1, true, s);
+    } else {
+        launch_gather(a, dk, 0, 1, true, s);
+        launch_gather(a, a.cache.v.head_size, 1, 1, false, s);
+    }
+}
+
 }  // namespace pkv
