@@ -34,7 +34,6 @@ constexpr int kScalesOffset = 512, kRopeOffset = 528, kEntryBytes = 656;
 constexpr float kE4m3Max = 448.0f;
 constexpr uint32_t kFltMinBits = 0x00800000u;    // FLT_MIN
 constexpr uint32_t kScaleNanBits = 0x7FC00000u;  // the scale of a tile holding a NaN
-constexpr uint32_t kDecodeNanBits = 0x7FFFFFFFu; // a NaN latent value read back
 
 // |x| as ordered integer bits: the maximum over a tile is its amax (NaN above inf).
 PKV_HD uint32_t magnitude_bits(float x) { return fmt::f32_bits(x) & 0x7FFFFFFFu; }
@@ -52,8 +51,7 @@ PKV_HD uint8_t encode_latent(float x, const Fp8Divisor &d) { return fmt::f32_to_
 
 // One latent value read back: float(code) * s, a NaN made canonical.
 PKV_HD float decode_latent(uint8_t code, float scale) {
-    const float v = fmt::e4m3_to_f32(code) * scale;
-    return v != v ? fmt::f32_from_bits(kDecodeNanBits) : v;
+    return fmt::canonical_nan(fmt::e4m3_to_f32(code) * scale);
 }
 
 // A stored RoPE word (bf16, or f16 when RopeF16) as the output element.

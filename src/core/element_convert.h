@@ -96,13 +96,13 @@ template <Elem In, Elem Cache> PKV_HD storage_t<Cache> encode_for_cache(storage_
     }
 }
 
-// Gather path: one cache element -> one output element. FP8 gives float(q) * scale.
+// Gather path: one cache element -> one output element. FP8 gives float(q) * scale (NaN canonical).
 template <Elem Cache, Elem Out> PKV_HD storage_t<Out> decode_from_cache(storage_t<Cache> x, float scale) {
     if constexpr (Cache == Out) {
         return x;
     } else {
         float f = to_f32<Cache>(x);
-        if constexpr (elem_is_fp8(Cache)) f = f * scale;
+        if constexpr (elem_is_fp8(Cache)) f = fmt::canonical_nan(f * scale);
         return from_f32<Out>(f);
     }
 }

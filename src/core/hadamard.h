@@ -122,7 +122,6 @@ PKV_HD float min_f(float a, float b) { return b < a ? b : a; }
 PKV_HD float max_f(float a, float b) { return b > a ? b : a; }
 
 constexpr uint32_t kNanScaleBits = 0x7fc00000u;  // the scale of a row that cannot be quantized
-constexpr uint32_t kCanonicalNanF32 = 0x7fffffffu;
 
 // ---------------------------------------------------------------- Hadamard
 // One butterfly: (a, b) -> (a + b, a - b).
@@ -258,7 +257,7 @@ PKV_HD float int2_dequant(uint32_t code, float factor) { return mul_rn(int2_cent
 // ---------------------------------------------------------------- outputs
 // A float32 result as an output element; f32 NaNs become the canonical 0x7FFFFFFF.
 template <Elem Out> PKV_HD storage_t<Out> to_output(float x) {
-    if constexpr (Out == Elem::F32) return x != x ? fmt::f32_from_bits(kCanonicalNanF32) : x;
+    if constexpr (Out == Elem::F32) return fmt::canonical_nan(x);
     else return from_f32<Out>(x);
 }
 

@@ -42,6 +42,10 @@ PKV_HD float f32_from_bits(uint32_t u) {
 #endif
 }
 
+// Any NaN as the canonical 0x7FFFFFFF, the pattern the GPU's arithmetic gives (the CPU's keeps an
+// operand's payload): values read back from a cache are the same bytes on both backends.
+PKV_HD float canonical_nan(float x) { return x != x ? f32_from_bits(0x7fffffffu) : x; }
+
 // Count of leading zero bits of a non-zero 32-bit value.
 PKV_HD int clz32(uint32_t x) {
 #if defined(__CUDA_ARCH__)

@@ -94,7 +94,7 @@ template <bool Fp8> PKV_HD uint8_t encode(float x, float inv) {
 // operand's payload (0x7FC00000 for the NaN scale), and f32 outputs must be the same bytes.
 template <bool Fp8> PKV_HD float decode(uint8_t q, float s) {
     const float r = mul_rn(Fp8 ? fmt::e4m3_to_f32(q) : float(int8_t(q)), s);
-    return r == r ? r : fmt::f32_from_bits(0x7fffffffu);
+    return fmt::canonical_nan(r);
 }
 
 // A whole row, sequentially (the CPU backend; the CUDA kernels split the same steps over a warp).
