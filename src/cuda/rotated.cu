@@ -258,9 +258,9 @@ __global__ void __launch_bounds__(kThreads) write_rotated_kernel(const WriteLaun
     const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
     const int64_t num_slots = a.cache.num_slots();
     uint32_t k_signs = 0, v_signs = 0;  // scalars, not an array: no local memory
-    if constexpr (Int4) {
-        k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
-        if (a.cache.has_v) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+    if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
+        if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
+        if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
     }
     for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
         const int64_t u = base + grp;
@@ -397,9 +397,9 @@ __global__ void __launch_bounds__(kThreads) gather_rotated_kernel(const GatherLa
     const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
     const bool original = !a.cache.rotated_domain;
     uint32_t k_signs = 0, v_signs = 0;
-    if constexpr (Int4) {
-        k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
-        if (a.value.data) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+    if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
+        if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
+        if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
     }
     constexpr float kInvD = 1.0f / float(D);  // exact: D is a power of two
     for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
