@@ -264,7 +264,8 @@ typedef enum pkv_scale_mode {
  * FP8_DS_MLA 656 bytes (the NHD defaults use those row sizes); the per-token-head formats need
  * byte strides and data aligned to 1 byte only, FP8_DS_MLA to 4 bytes.
  *
- * Fields added in ABI 0.2 (a caller whose struct_size is the 0.1 size, 152, reads them as 0):
+ * Fields appended after the first version of the struct (a caller whose struct_size is that
+ * first size, 152, reads them as 0):
  *
  * Split head rows (the legacy 5-D layout of vLLM reshape_and_cache): with chunk_size c > 0 a
  * head row is stored as runs of c contiguous elements, run j at byte j*stride_chunk from the row
@@ -300,7 +301,7 @@ typedef struct pkv_cache_view {
     pkv_scale_mode scale_mode;
     const float *k_scale;        /**< NULL = 1.0 */
     const float *v_scale;        /**< NULL = 1.0 */
-    /* ABI 0.2 */
+    /* appended after the first version (152 bytes) */
     int64_t k_chunk_size, v_chunk_size;     /**< elements per contiguous run; 0 = the whole row */
     int64_t k_stride_chunk, v_stride_chunk; /**< bytes between runs */
     float *k_scale_plane;                   /**< per-token-head scales of K */

@@ -28,7 +28,7 @@ std::string device_string(pkv_device d);
 // True for memory the CPU backend reads and writes directly (CPU, pinned host).
 inline bool is_host_device(pkv_device d) { return d.type == PKV_DEVICE_CPU || d.type == PKV_DEVICE_CUDA_HOST; }
 
-// sizeof(pkv_cache_view) of ABI 0.1 (before split rows, scale planes and rotation signs).
+// sizeof(pkv_cache_view) in its first version (before split rows, scale planes and rotation signs).
 constexpr size_t kCacheViewV1Size = 152;
 
 // Copies *view into a full-size struct per the struct_size rules (older callers: zero tail;

@@ -120,12 +120,12 @@ TEST(WriteKvErrors, StructSize) {
         EXPECT_TRUE(s.untouched());
         s.view.struct_size = 8;
         EXPECT_TRUE(failed_with(s.write(), PKV_ERROR_STRUCT_SIZE, "pkv_write_kv", {"struct_size"}));
-        s.view.struct_size = 152 - 8;  // below the first (ABI 0.1) version of the struct
+        s.view.struct_size = 152 - 8;  // below the first version of the struct
         EXPECT_TRUE(failed_with(s.write(), PKV_ERROR_STRUCT_SIZE, "pkv_write_kv", {"struct_size"}));
         EXPECT_TRUE(s.untouched());
     }
     {
-        // An ABI 0.1 caller (struct_size 152): the newer fields read as 0, whatever its memory holds.
+        // A caller of the first version (struct_size 152): the newer fields read as 0, whatever its memory holds.
         Env s;
         pkv_cache_view old = s.view;
         old.struct_size = 152;
