@@ -5,6 +5,7 @@
 
 #include "core/ds_mla.h"
 #include "core/ops.h"
+#include "cpu/row_loops.h"
 
 namespace pkv {
 namespace {
@@ -23,20 +24,9 @@ template <Elem In> void write_entry(const MlaWriteArgs &a, int64_t t, char *entr
 }
 
 template <Elem In> void write_all(const MlaWriteArgs &a) {
-    const int64_t num_slots = a.cache.num_slots();
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 32)
-    for (int64_t t = 0; t < a.num_tokens; ++t) {
-        const int64_t slot = a.slots[t];
-        if (slot < 0) continue;  // padding
-        if (slot >= num_slots) {
-            ++out_of_range;
-            continue;
-        }
-        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+    for_each_slot(a.slots, a.num_tokens, a.cache, a.out_of_range, [&](int64_t t, int64_t block, int64_t offset) {
         write_entry<In>(a, t, a.cache.k.data + a.cache.k.offset(block, offset, 0));
-    }
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 template <bool RopeF16, Elem Out> void gather_entry(const char *entry, char *dst) {
@@ -54,18 +44,9 @@ template <bool RopeF16, Elem Out> void gather_entry(const char *entry, char *dst
 }
 
 template <bool RopeF16, Elem Out> void gather_all(const GatherArgs &a) {
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 32)
-    for (int64_t row = 0; row < a.num_rows; ++row) {
-        int64_t block, offset;
-        if (!gather_row_source(a, row, block, offset)) continue;
-        if (block < 0) {
-            ++out_of_range;
-            continue;
-        }
+    for_each_gather_row(a, [&](int64_t row, int64_t block, int64_t offset) {
         gather_entry<RopeF16, Out>(a.cache.k.data + a.cache.k.offset(block, offset, 0), a.key.data + a.key.offset(row, 0));
-    }
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include "core/element_convert.h"
 #include "core/ops.h"
+#include "cpu/row_loops.h"
 
 namespace pkv {
 namespace {
@@ -27,20 +28,10 @@ void gather_side(const GatherArgs &a, const CacheSide &src, const RowsSide &dst,
 }
 
 template <Elem Cache, Elem Out> void gather_all(const GatherArgs &a) {
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 64)
-    for (int64_t row = 0; row < a.num_rows; ++row) {
-        int64_t block, offset;
-        if (!gather_row_source(a, row, block, offset)) continue;
-        if (block < 0) {
-            ++out_of_range;
-            continue;
-        }
+    for_each_gather_row(a, [&](int64_t row, int64_t block, int64_t offset) {
         gather_side<Cache, Out>(a, a.cache.k, a.key, row, block, offset);
         if (a.value.data) gather_side<Cache, Out>(a, a.cache.v, a.value, row, block, offset);
-    }
-    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "core/hadamard.h"
 #include "core/ops.h"
+#include "cpu/row_loops.h"
 
 namespace pkv {
 namespace {
@@ -60,17 +61,7 @@ void write_row_int2(const char *src, const CacheSide &dst, int64_t block, int64_
 }
 
 template <Elem In, bool Int4> void write_all(const WriteArgs &a) {
-    const int64_t num_slots = a.cache.num_slots();
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 16)
-    for (int64_t t = 0; t < a.num_tokens; ++t) {
-        const int64_t slot = a.slots[t];
-        if (slot < 0) continue;  // padding: neither codes nor scale
-        if (slot >= num_slots) {
-            ++out_of_range;
-            continue;
-        }
-        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+    for_each_slot(a.slots, a.num_tokens, a.cache, a.out_of_range, [&](int64_t t, int64_t block, int64_t offset) {
         for (int side = 0; side < (a.cache.has_v ? 2 : 1); ++side) {
             const RowsSide &src = side ? a.value : a.key;
             const CacheSide &dst = side ? a.cache.v : a.cache.k;
@@ -79,9 +70,7 @@ template <Elem In, bool Int4> void write_all(const WriteArgs &a) {
                 else write_row_int2<In>(src.data + src.offset(t, h), dst, block, offset, h);
             }
         }
-    }
-    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 template <Elem Out, bool Int4>
@@ -112,23 +101,14 @@ void gather_row(const CacheSide &src, int64_t block, int64_t offset, int64_t hea
 }
 
 template <Elem Out, bool Int4> void gather_all(const GatherArgs &a) {
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 16)
-    for (int64_t row = 0; row < a.num_rows; ++row) {
-        int64_t block, offset;
-        if (!gather_row_source(a, row, block, offset)) continue;
-        if (block < 0) {
-            ++out_of_range;
-            continue;
-        }
+    for_each_gather_row(a, [&](int64_t row, int64_t block, int64_t offset) {
         for (int side = 0; side < (a.value.data ? 2 : 1); ++side) {
             const CacheSide &src = side ? a.cache.v : a.cache.k;
             const RowsSide &dst = side ? a.value : a.key;
             for (int64_t h = 0; h < a.cache.num_heads; ++h)
                 gather_row<Out, Int4>(src, block, offset, h, dst.data + dst.offset(row, h), a.cache.rotated_domain);
         }
-    }
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 }  // namespace

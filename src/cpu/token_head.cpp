@@ -3,6 +3,7 @@
 #include "core/element_convert.h"
 #include "core/ops.h"
 #include "core/token_head_quant.h"
+#include "cpu/row_loops.h"
 
 namespace pkv {
 namespace {
@@ -18,22 +19,10 @@ void write_side(const WriteArgs &a, const RowsSide &src, const CacheSide &dst, i
 }
 
 template <Elem In, bool Fp8> void write_all(const WriteArgs &a) {
-    const int64_t num_slots = a.cache.num_slots();
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 64)
-    for (int64_t t = 0; t < a.num_tokens; ++t) {
-        const int64_t slot = a.slots[t];
-        if (slot < 0) continue;  // padding: neither codes nor scale
-        if (slot >= num_slots) {
-            ++out_of_range;
-            continue;
-        }
-        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+    for_each_slot(a.slots, a.num_tokens, a.cache, a.out_of_range, [&](int64_t t, int64_t block, int64_t offset) {
         write_side<In, Fp8>(a, a.key, a.cache.k, t, block, offset);
         if (a.cache.has_v) write_side<In, Fp8>(a, a.value, a.cache.v, t, block, offset);
-    }
-    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 template <Elem Out, bool Fp8>
@@ -47,19 +36,10 @@ void gather_side(const GatherArgs &a, const CacheSide &src, const RowsSide &dst,
 }
 
 template <Elem Out, bool Fp8> void gather_all(const GatherArgs &a) {
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_rows > 64)
-    for (int64_t row = 0; row < a.num_rows; ++row) {
-        int64_t block, offset;
-        if (!gather_row_source(a, row, block, offset)) continue;
-        if (block < 0) {
-            ++out_of_range;
-            continue;
-        }
+    for_each_gather_row(a, [&](int64_t row, int64_t block, int64_t offset) {
         gather_side<Out, Fp8>(a, a.cache.k, a.key, row, block, offset);
         if (a.value.data) gather_side<Out, Fp8>(a, a.cache.v, a.value, row, block, offset);
-    }
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 template <typename F> void dispatch_fp8(pkv_cache_format f, F &&fn) {

@@ -3,6 +3,7 @@
 
 #include "core/element_convert.h"
 #include "core/ops.h"
+#include "cpu/row_loops.h"
 
 namespace pkv {
 namespace {
@@ -33,22 +34,10 @@ void write_side(const WriteArgs &a, const RowsSide &src, const CacheSide &dst, i
 }
 
 template <Elem In, Elem Cache> void write_all(const WriteArgs &a) {
-    const int64_t num_slots = a.cache.num_slots();
-    int64_t out_of_range = 0;
-#pragma omp parallel for schedule(static) reduction(+ : out_of_range) if (a.num_tokens > 64)
-    for (int64_t t = 0; t < a.num_tokens; ++t) {
-        const int64_t slot = a.slots[t];
-        if (slot < 0) continue;  // padding
-        if (slot >= num_slots) {
-            ++out_of_range;
-            continue;
-        }
-        const int64_t block = slot / a.cache.block_size, offset = slot % a.cache.block_size;
+    for_each_slot(a.slots, a.num_tokens, a.cache, a.out_of_range, [&](int64_t t, int64_t block, int64_t offset) {
         write_side<In, Cache>(a, a.key, a.cache.k, t, block, offset);
         if (a.cache.has_v) write_side<In, Cache>(a, a.value, a.cache.v, t, block, offset);
-    }
-    // Atomic: concurrent calls may share one counter (documented in pagedkv.h).
-    if (a.out_of_range && out_of_range) __atomic_fetch_add(a.out_of_range, out_of_range, __ATOMIC_RELAXED);
+    });
 }
 
 }  // namespace
