@@ -1,15 +1,18 @@
 // CUDA per-token-head INT8 / FP8, with the row math of core/token_head_quant.h (bit-identical
 // to the CPU backend).
 //
-// Write: one warp per (token, head), grid-striding over T * H. The warp loads the token's K row
-// and V row of that head (lanes strided over aligned vectors, up to kMaxUnits vectors a lane
-// held in registers; longer rows are read again for the second pass), reduces each row's
-// maximum magnitude pattern across the warp, then lane 0 stores the scale and every lane
-// quantizes and stores its vectors. Both rows' loads are issued before the slot is tested, so
-// the slot load and the row loads overlap.
-// Gather: one warp per output row, the lanes strided over the (head, vector) units of the K row
-// and then the V row, each unit reading its head's scale.
-// No host sync, no allocation, no device query: capturable in a CUDA graph.
+// Write: a group of G lanes (a power of two, at most 32) per (token, head), G the fewest lanes
+// that hold the longer of the K and V rows in kUnits aligned vectors a lane; a warp handles
+// 32 / G rows at once (grid-striding over T * H). Each lane first issues the slot load and the
+// loads of all its K and V vectors (up to 2 * kUnits * 16 bytes in flight a lane), then reduces
+// the lane-local maximum magnitude patterns across the group (xor shuffles: exact in any order),
+// and only then works out the destination, the scale (stored by the group's first lane) and the
+// codes. Rows longer than 32 * kUnits vectors read the rest again in the second pass.
+// Gather: one warp per output row, the lanes strided over the (side, head, vector) units of the
+// K row and the V row together; kGatherUnroll units a lane are loaded before any is converted.
+// FP8 codes are decoded by the hardware (e4m3x2 -> f16x2, exact) on sm_89+.
+// Both launched with programmatic dependent launch (cuda_check.cuh): no global memory access
+// before pdl_wait(). No host sync, no allocation, no device query: capturable in a CUDA graph.
 #include "core/element_convert.h"
 #include "core/fast_divmod.h"
 #include "core/ops.h"
@@ -19,26 +22,16 @@
 namespace pkv {
 namespace {
 
-constexpr int kMaxUnits = 2;  // vectors a lane keeps in registers per row
-constexpr int kGatherUnroll = 2;
+constexpr int kThreads = 256;
+constexpr int kUnits = 4;  // vectors a lane keeps in registers per row (K and V each)
+// Units a lane loads before converting any: 32 code bytes with 16-byte vectors (more would
+// spill: 16 codes decode to 32 output bytes), else 4 vectors.
+template <int VEC> constexpr int gather_unroll() { return VEC >= 16 ? 2 : 4; }
 
-__device__ __forceinline__ uint32_t warp_max(uint32_t v) {
-#if __CUDA_ARCH__ >= 800
-    return __reduce_max_sync(0xffffffffu, v);
-#else
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = th::max_bits(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-#endif
-}
-
-template <Elem In, int VEC> struct RowRegs {
-    Vec<storage_t<In>, VEC> r[kMaxUnits];
-    uint32_t amax;
-};
-
-template <Elem In, int VEC> __device__ __forceinline__ const Vec<storage_t<In>, VEC> &load_vec(const char *src, uint32_t u) {
-    return *reinterpret_cast<const Vec<storage_t<In>, VEC> *>(src + int64_t(u) * (VEC * sizeof(storage_t<In>)));
+// By value: the vector is read as one access (a reference into global memory would let the
+// compiler read it element by element).
+template <typename T> __device__ __forceinline__ T load_at(const char *base, int64_t byte_offset) {
+    return *reinterpret_cast<const T *>(base + byte_offset);
 }
 
 template <Elem In, int VEC> __device__ __forceinline__ uint32_t vec_amax(const Vec<storage_t<In>, VEC> &x) {
@@ -46,21 +39,6 @@ template <Elem In, int VEC> __device__ __forceinline__ uint32_t vec_amax(const V
 #pragma unroll
     for (int e = 0; e < VEC; ++e) m = th::max_bits(m, th::magnitude_bits(to_f32<In>(x.v[e])));
     return m;
-}
-
-// Loads this lane's vectors of a row and its lane-local maximum magnitude pattern.
-template <Elem In, int VEC>
-__device__ __forceinline__ void load_row(RowRegs<In, VEC> &R, const char *src, uint32_t units, uint32_t lane) {
-#pragma unroll
-    for (int i = 0; i < kMaxUnits; ++i) {
-        const uint32_t u = lane + 32u * i;
-        if (u < units) R.r[i] = load_vec<In, VEC>(src, u);
-    }
-    R.amax = 0;
-#pragma unroll
-    for (int i = 0; i < kMaxUnits; ++i)
-        if (lane + 32u * i < units) R.amax = th::max_bits(R.amax, vec_amax<In, VEC>(R.r[i]));
-    for (uint32_t u = lane + 32u * kMaxUnits; u < units; u += 32) R.amax = th::max_bits(R.amax, vec_amax<In, VEC>(load_vec<In, VEC>(src, u)));
 }
 
 template <Elem In, bool Fp8, int VEC>
@@ -84,119 +62,191 @@ __device__ __forceinline__ Vec<uint8_t, VEC> quantize_vec(const Vec<storage_t<In
     return out;
 }
 
-// Second pass of a row: the warp's scale, then this lane's codes.
-template <Elem In, bool Fp8, int VEC>
-__device__ __forceinline__ void store_row(const RowRegs<In, VEC> &R, const char *src, char *dst, float *scale_dst,
-                                          uint32_t units, uint32_t lane) {
-    const float s = th::row_scale<Fp8>(warp_max(R.amax));
-    const float inv = th::reciprocal(s);
-    if (lane == 0) *scale_dst = s;
+// One side's row held by a lane: vectors sub + G * i (i < kUnits) of the row.
+template <Elem In, int VEC> struct RowRegs {
+    Vec<storage_t<In>, VEC> x[kUnits];
+};
+
+// Issues the loads of this lane's held vectors (units = 0: none).
+template <Elem In, int VEC>
+__device__ __forceinline__ void load_row(RowRegs<In, VEC> &R, const char *src, uint32_t units, uint32_t sub,
+                                         uint32_t gsize) {
+    using V = Vec<storage_t<In>, VEC>;
 #pragma unroll
-    for (int i = 0; i < kMaxUnits; ++i) {
-        const uint32_t u = lane + 32u * i;
-        if (u < units) *reinterpret_cast<Vec<uint8_t, VEC> *>(dst + int64_t(u) * VEC) = quantize_vec<In, Fp8, VEC>(R.r[i], inv);
+    for (int i = 0; i < kUnits; ++i) {
+        const uint32_t u = sub + gsize * i;
+        if (u < units) R.x[i] = load_at<V>(src, int64_t(u) * sizeof(V));
     }
-    for (uint32_t u = lane + 32u * kMaxUnits; u < units; u += 32)
-        *reinterpret_cast<Vec<uint8_t, VEC> *>(dst + int64_t(u) * VEC) = quantize_vec<In, Fp8, VEC>(load_vec<In, VEC>(src, u), inv);
+}
+
+// This lane's maximum magnitude pattern of the row (the held vectors, then any beyond them).
+template <Elem In, int VEC>
+__device__ __forceinline__ uint32_t row_amax(const RowRegs<In, VEC> &R, const char *src, uint32_t units, uint32_t sub,
+                                             uint32_t gsize) {
+    using V = Vec<storage_t<In>, VEC>;
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < kUnits; ++i)
+        if (sub + gsize * i < units) m = th::max_bits(m, vec_amax<In, VEC>(R.x[i]));
+    for (uint32_t u = sub + gsize * kUnits; u < units; u += gsize)
+        m = th::max_bits(m, vec_amax<In, VEC>(load_at<V>(src, int64_t(u) * sizeof(V))));
+    return m;
+}
+
+// Second pass of a row, with the group's maximum: the scale (first lane), then this lane's codes.
+template <Elem In, bool Fp8, int VEC>
+__device__ __forceinline__ void store_row(const RowRegs<In, VEC> &R, uint32_t amax, const char *src, char *dst,
+                                          float *scale_dst, uint32_t units, uint32_t sub, uint32_t gsize) {
+    using V = Vec<storage_t<In>, VEC>;
+    using C = Vec<uint8_t, VEC>;
+    const float s = th::row_scale<Fp8>(amax);
+    const float inv = th::reciprocal(s);
+    if (sub == 0) *scale_dst = s;
+#pragma unroll
+    for (int i = 0; i < kUnits; ++i) {
+        const uint32_t u = sub + gsize * i;
+        if (u < units) *reinterpret_cast<C *>(dst + int64_t(u) * VEC) = quantize_vec<In, Fp8, VEC>(R.x[i], inv);
+    }
+    for (uint32_t u = sub + gsize * kUnits; u < units; u += gsize)
+        *reinterpret_cast<C *>(dst + int64_t(u) * VEC) =
+            quantize_vec<In, Fp8, VEC>(load_at<V>(src, int64_t(u) * sizeof(V)), inv);
 }
 
 struct WriteLaunch {
     WriteArgs a;
-    FastDivmod heads;     // valid when small_rows
-    bool small_rows;      // num_tokens * num_heads < 2^31
-    uint32_t units_k, units_v;  // vectors per K / V row
+    uint32_t units_k, units_v;  // vectors per K / V row (units_v = 0 without V)
+    uint32_t group_shift;       // log2 of the lanes per row
+    bool small_rows;            // num_tokens * num_heads < 2^31: `heads` applies
+    bool small_slots;           // num_slots < 2^31: `block_size` applies
+    FastDivmod heads, block_size;
 };
 
 template <Elem In, bool Fp8, int VEC>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32) token_head_write_kernel(const WriteLaunch p) {
+__global__ void __launch_bounds__(kThreads) token_head_write_kernel(const WriteLaunch p) {
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const WriteArgs &a = p.a;
-    const uint32_t lane = threadIdx.x & 31;
-    const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    const int64_t stride = (int64_t(gridDim.x) * blockDim.x) >> 5;
+    const uint32_t gsize = 1u << p.group_shift;
+    const uint32_t sub = threadIdx.x & (gsize - 1);
+    const int64_t thread = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+    const int64_t warp_first = (thread & ~int64_t(31)) >> p.group_shift;  // the warp's first group
+    const int64_t in_warp = (thread >> p.group_shift) - warp_first;
+    const int64_t groups = (int64_t(gridDim.x) * kThreads) >> p.group_shift;
     const int64_t rows = a.num_tokens * a.cache.num_heads;
     const int64_t num_slots = a.cache.num_slots();
-    for (int64_t w = first; w < rows; w += stride) {  // warp-uniform
-        int64_t t, h;
-        if (p.small_rows) {
-            uint32_t q, r;
-            p.heads.divmod(uint32_t(w), q, r);
-            t = q;
-            h = r;
-        } else {
-            t = w / a.cache.num_heads;
-            h = w - t * a.cache.num_heads;
+    const bool has_v = a.cache.has_v;
+    pdl_wait();  // no global memory access before the previous kernel has completed
+    // Warp-uniform loop (the group reductions shuffle over the whole warp); past the last row a
+    // group loads nothing and stores nothing.
+    for (int64_t w0 = warp_first; w0 < rows; w0 += groups) {
+        const int64_t w = w0 + in_warp;
+        const bool valid = w < rows;
+        int64_t t = 0, h = 0;
+        if (valid) {
+            if (p.small_rows) {
+                uint32_t q, r;
+                p.heads.divmod(uint32_t(w), q, r);
+                t = q;
+                h = r;
+            } else {
+                t = w / a.cache.num_heads;
+                h = w - t * a.cache.num_heads;
+            }
         }
-        const int64_t slot = a.slots[t];
-        // Rows of tokens t < num_tokens are always readable: load before testing the slot.
-        RowRegs<In, VEC> kr, vr;
+        const uint32_t units_k = valid ? p.units_k : 0u, units_v = valid ? p.units_v : 0u;
+        const int64_t slot = valid ? a.slots[t] : -1;
+        // The row loads do not depend on the slot: all in flight before it is tested.
         const char *ksrc = a.key.data + a.key.offset(t, h);
-        const char *vsrc = a.cache.has_v ? a.value.data + a.value.offset(t, h) : nullptr;
-        load_row<In, VEC>(kr, ksrc, p.units_k, lane);
-        if (a.cache.has_v) load_row<In, VEC>(vr, vsrc, p.units_v, lane);
-        if (slot < 0) continue;  // padding: neither codes nor scale
+        const char *vsrc = has_v ? a.value.data + a.value.offset(t, h) : ksrc;
+        RowRegs<In, VEC> kr, vr;
+        load_row<In, VEC>(kr, ksrc, units_k, sub, gsize);
+        load_row<In, VEC>(vr, vsrc, units_v, sub, gsize);
+        uint32_t km = row_amax<In, VEC>(kr, ksrc, units_k, sub, gsize);
+        uint32_t vm = row_amax<In, VEC>(vr, vsrc, units_v, sub, gsize);
+        for (uint32_t o = gsize >> 1; o > 0; o >>= 1) {  // within the group: exact in any order
+            km = th::max_bits(km, __shfl_xor_sync(0xffffffffu, km, o));
+            vm = th::max_bits(vm, __shfl_xor_sync(0xffffffffu, vm, o));
+        }
+        if (slot < 0) continue;  // padding (or past the last row): neither codes nor scale
         if (slot >= num_slots) {  // counted once per token
-            if (h == 0 && lane == 0 && a.out_of_range)
+            if (h == 0 && sub == 0 && a.out_of_range)
                 atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             continue;
         }
-        const int64_t block = slot / a.cache.block_size, offset = slot - block * a.cache.block_size;
+        int64_t block, offset;
+        if (p.small_slots) {
+            uint32_t q, r;
+            p.block_size.divmod(uint32_t(slot), q, r);
+            block = q;
+            offset = r;
+        } else {
+            block = slot / a.cache.block_size;
+            offset = slot - block * a.cache.block_size;
+        }
         const CacheSide &kc = a.cache.k;
-        store_row<In, Fp8, VEC>(kr, ksrc, kc.data + kc.offset(block, offset, h), kc.scale_at(block, offset, h),
-                                p.units_k, lane);
-        if (a.cache.has_v) {
+        store_row<In, Fp8, VEC>(kr, km, ksrc, kc.data + kc.offset(block, offset, h), kc.scale_at(block, offset, h),
+                                units_k, sub, gsize);
+        if (has_v) {
             const CacheSide &vc = a.cache.v;
-            store_row<In, Fp8, VEC>(vr, vsrc, vc.data + vc.offset(block, offset, h), vc.scale_at(block, offset, h),
-                                    p.units_v, lane);
+            store_row<In, Fp8, VEC>(vr, vm, vsrc, vc.data + vc.offset(block, offset, h),
+                                    vc.scale_at(block, offset, h), units_v, sub, gsize);
         }
     }
 }
 
-// Dequantizes one cache slot's heads of one side into a dense output row.
+// float(code) of an INT8 code: 2^23 + (q + 128) as a float pattern, minus 2^23 + 128 (exact).
+__device__ __forceinline__ float int8_value(uint8_t q) {
+    return __fsub_rn(__uint_as_float(0x4b000000u | uint32_t(q ^ 0x80u)), 8388736.0f);
+}
+
+// th::decode for a vector of codes, converted to the output dtype.
 template <Elem Out, bool Fp8, int VEC>
-__device__ __forceinline__ void warp_gather_row(const CacheSide &c, int64_t block, int64_t offset, char *dst,
-                                                int64_t dst_head_stride, uint32_t heads, FastDivmod chunks,
-                                                uint32_t lane) {
-    using D = storage_t<Out>;
-    const char *src = c.data + c.offset(block, offset, 0);
-    const uint32_t units = heads * chunks.divisor;
-    for (uint32_t base = lane; base < units; base += 32 * kGatherUnroll) {
-        Vec<uint8_t, VEC> in[kGatherUnroll];
-        float s[kGatherUnroll];
+__device__ __forceinline__ Vec<storage_t<Out>, VEC> decode_vec(const Vec<uint8_t, VEC> &in, float s) {
+    Vec<storage_t<Out>, VEC> out;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    if constexpr (Fp8 && VEC % 2 == 0) {
+        // e4m3x2 -> f16x2 is exact for every code (NaN codes give a NaN: canonical after the
+        // multiply, like th::decode's), f16 -> f32 too.
 #pragma unroll
-        for (int u = 0; u < kGatherUnroll; ++u) {
-            const uint32_t j = base + u * 32;
-            if (j >= units) continue;
-            uint32_t head, chunk;
-            chunks.divmod(j, head, chunk);
-            in[u] = *reinterpret_cast<const Vec<uint8_t, VEC> *>(src + head * c.stride_head + int64_t(chunk) * VEC);
-            s[u] = *c.scale_at(block, offset, head);
+        for (int e = 0; e < VEC; e += 2) {
+            const __nv_fp8x2_storage_t pair =
+                __nv_fp8x2_storage_t(uint32_t(in.v[e]) | (uint32_t(in.v[e + 1]) << 8));
+            const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+            const float lo = __half2float(__ushort_as_half(h.x)), hi = __half2float(__ushort_as_half(h.y));
+            out.v[e] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(lo, s)));
+            out.v[e + 1] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(hi, s)));
         }
-#pragma unroll
-        for (int u = 0; u < kGatherUnroll; ++u) {
-            const uint32_t j = base + u * 32;
-            if (j >= units) continue;
-            uint32_t head, chunk;
-            chunks.divmod(j, head, chunk);
-            Vec<D, VEC> out;
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) out.v[i] = from_f32<Out>(th::decode<Fp8>(in[u].v[i], s[u]));
-            *reinterpret_cast<Vec<D, VEC> *>(dst + head * dst_head_stride + int64_t(chunk) * (VEC * sizeof(D))) = out;
-        }
+        return out;
     }
+#endif
+    if constexpr (!Fp8) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) out.v[e] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(int8_value(in.v[e]), s)));
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) out.v[e] = from_f32<Out>(th::decode<true>(in.v[e], s));
+    }
+    return out;
 }
 
 struct GatherLaunch {
     GatherArgs a;
+    uint32_t units_k, units;        // vectors in a K row (all heads), in the K and V rows
     FastDivmod chunks_k, chunks_v;  // vectors per head row
 };
 
 template <Elem Out, bool Fp8, int VEC>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) token_head_gather_kernel(const GatherLaunch p) {
+__global__ void __launch_bounds__(kThreads, 4) token_head_gather_kernel(const GatherLaunch p) {
+    using D = storage_t<Out>;
+    using C = Vec<uint8_t, VEC>;
+    using O = Vec<D, VEC>;
+    constexpr int kGatherUnroll = gather_unroll<VEC>();
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const GatherArgs &a = p.a;
     const uint32_t lane = threadIdx.x & 31;
-    const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    const int64_t stride = (int64_t(gridDim.x) * blockDim.x) >> 5;
-    const uint32_t heads = uint32_t(a.cache.num_heads);
+    const int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
+    const int64_t stride = (int64_t(gridDim.x) * kThreads) >> 5;
+    const CacheSide &kc = a.cache.k, &vc = a.cache.v;
+    pdl_wait();  // no global memory access before the previous kernel has completed
     for (int64_t row = first; row < a.num_rows; row += stride) {
         int64_t block, offset;
         if (!gather_row_source(a, row, block, offset)) continue;
@@ -204,11 +254,40 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 4) token_head_gather_kern
             if (lane == 0 && a.out_of_range) atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             continue;
         }
-        warp_gather_row<Out, Fp8, VEC>(a.cache.k, block, offset, a.key.data + a.key.offset(row, 0), a.key.stride_head,
-                                       heads, p.chunks_k, lane);
-        if (a.value.data)
-            warp_gather_row<Out, Fp8, VEC>(a.cache.v, block, offset, a.value.data + a.value.offset(row, 0),
-                                           a.value.stride_head, heads, p.chunks_v, lane);
+        const char *ksrc = kc.data + kc.offset(block, offset, 0);
+        const char *kscale = reinterpret_cast<const char *>(kc.scale_at(block, offset, 0));
+        char *kdst = a.key.data + a.key.offset(row, 0);
+        // Without V, units == units_k: the V pointers are never used.
+        const bool with_v = p.units > p.units_k;
+        const char *vsrc = with_v ? vc.data + vc.offset(block, offset, 0) : ksrc;
+        const char *vscale = with_v ? reinterpret_cast<const char *>(vc.scale_at(block, offset, 0)) : kscale;
+        char *vdst = with_v ? a.value.data + a.value.offset(row, 0) : kdst;
+        for (uint32_t base = lane; base < p.units; base += 32 * kGatherUnroll) {
+            C in[kGatherUnroll];
+            float s[kGatherUnroll];
+#pragma unroll
+            for (int u = 0; u < kGatherUnroll; ++u) {
+                const uint32_t j = base + u * 32;
+                if (j >= p.units) continue;
+                const bool is_v = j >= p.units_k;
+                uint32_t head, chunk;
+                (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? j - p.units_k : j, head, chunk);
+                const CacheSide &c = is_v ? vc : kc;
+                in[u] = load_at<C>(is_v ? vsrc : ksrc, head * c.stride_head + int64_t(chunk) * VEC);
+                s[u] = load_at<float>(is_v ? vscale : kscale, head * c.scale_stride_head);
+            }
+#pragma unroll
+            for (int u = 0; u < kGatherUnroll; ++u) {
+                const uint32_t j = base + u * 32;
+                if (j >= p.units) continue;
+                const bool is_v = j >= p.units_k;
+                uint32_t head, chunk;  // recomputed: cheaper than holding them in registers
+                (is_v ? p.chunks_v : p.chunks_k).divmod(is_v ? j - p.units_k : j, head, chunk);
+                const int64_t head_stride = is_v ? a.value.stride_head : a.key.stride_head;
+                *reinterpret_cast<O *>((is_v ? vdst : kdst) + head * head_stride + int64_t(chunk) * sizeof(O)) =
+                    decode_vec<Out, Fp8, VEC>(in[u], s[u]);
+            }
+        }
     }
 }
 
@@ -237,19 +316,24 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
     const int in_bytes = elem_bytes(a.in);
     int vec = vector_elems(in_bytes, 1, a.cache.k.head_size, v.head_size, rows_alignment(a.key, vr),
                            cache_alignment(a.cache.k, v));
-    // At most 16 bytes a source vector, and preferably a whole warp of vectors per row.
-    const int64_t dmax = a.cache.k.head_size > v.head_size ? a.cache.k.head_size : v.head_size;
-    while (vec > 1 && (vec * in_bytes > 16 || dmax / vec < 32)) vec >>= 1;
+    while (vec > 1 && vec * in_bytes > 16) vec >>= 1;  // at most 16 bytes a source vector
 
     WriteLaunch p;
     p.a = a;
     const int64_t rows = a.num_tokens * a.cache.num_heads;
     p.small_rows = rows < (int64_t(1) << 31);
     p.heads = FastDivmod(uint32_t(a.cache.num_heads));
+    p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
+    p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
     p.units_k = uint32_t(a.cache.k.head_size / vec);
-    p.units_v = uint32_t(v.head_size / vec);
-    const unsigned grid = rows_grid(rows);
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    p.units_v = a.cache.has_v ? uint32_t(a.cache.v.head_size / vec) : 0u;
+    // The fewest lanes (a power of two, at most a warp) holding a row in kUnits vectors each.
+    const uint32_t units_max = p.units_k > p.units_v ? p.units_k : p.units_v;
+    p.group_shift = 0;
+    while (p.group_shift < 5 && (uint32_t(kUnits) << p.group_shift) < units_max) ++p.group_shift;
+    // One group per row, at most 2^22 blocks (then the groups stride over the rows).
+    int64_t blocks = ((rows << p.group_shift) + kThreads - 1) / kThreads;
+    blocks = blocks < (1 << 22) ? blocks : (1 << 22);
     dispatch_elem(a.in, [&](auto in) {
         dispatch_fp8(a.cache.format, [&](auto fp8) {
             dispatch_vec(vec, [&](auto vc) {
@@ -257,7 +341,7 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
                 constexpr bool Fp8 = std::decay_t<decltype(fp8)>::value;
                 constexpr int V = std::decay_t<decltype(vc)>::value;
                 if constexpr (!elem_is_fp8(In) && V * elem_bytes(In) <= 16)
-                    token_head_write_kernel<In, Fp8, V><<<grid, kWarpsPerBlock * 32, 0, s>>>(p);
+                    launch_pdl(token_head_write_kernel<In, Fp8, V>, unsigned(blocks), kThreads, stream, p);
             });
         });
     });
@@ -269,23 +353,25 @@ void cuda_gather_token_head(const GatherArgs &a, pkv_stream stream) {
     const CacheSide &v = with_v ? a.cache.v : a.cache.k;
     const RowsSide &vr = with_v ? a.value : a.key;
     const int out_bytes = elem_bytes(a.out);
-    int vec = vector_elems(1, out_bytes, a.cache.k.head_size, v.head_size, cache_alignment(a.cache.k, v),
-                           rows_alignment(a.key, vr));
-    while (vec > 1 && vec * out_bytes > 16) vec >>= 1;  // one 16-byte store at most (no spills)
+    // Up to 16 code bytes a vector (a 32-byte output vector is stored as two 16-byte halves).
+    const int vec = vector_elems(1, out_bytes, a.cache.k.head_size, v.head_size, cache_alignment(a.cache.k, v),
+                                 rows_alignment(a.key, vr));
     GatherLaunch p;
     p.a = a;
     p.chunks_k = FastDivmod(uint32_t(a.cache.k.head_size / vec));
     p.chunks_v = FastDivmod(uint32_t(v.head_size / vec));
+    const uint32_t heads = uint32_t(a.cache.num_heads);
+    p.units_k = heads * p.chunks_k.divisor;
+    p.units = p.units_k + (with_v ? heads * p.chunks_v.divisor : 0u);
     const unsigned grid = rows_grid(a.num_rows);
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     dispatch_elem(a.out, [&](auto out) {
         dispatch_fp8(a.cache.format, [&](auto fp8) {
             dispatch_vec(vec, [&](auto vc) {
                 constexpr Elem Out = std::decay_t<decltype(out)>::value;
                 constexpr bool Fp8 = std::decay_t<decltype(fp8)>::value;
                 constexpr int V = std::decay_t<decltype(vc)>::value;
-                if constexpr (!elem_is_fp8(Out) && V * elem_bytes(Out) <= 16)
-                    token_head_gather_kernel<Out, Fp8, V><<<grid, kWarpsPerBlock * 32, 0, s>>>(p);
+                if constexpr (!elem_is_fp8(Out) && vector_fits(V, 1, elem_bytes(Out)))
+                    launch_pdl(token_head_gather_kernel<Out, Fp8, V>, grid, kThreads, stream, p);
             });
         });
     });
