@@ -331,6 +331,10 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
     const uint32_t units_max = p.units_k > p.units_v ? p.units_k : p.units_v;
     p.group_shift = 0;
     while (p.group_shift < 5 && (uint32_t(kUnits) << p.group_shift) < units_max) ++p.group_shift;
+    // Decode-size calls: more lanes a row (down to one vector a lane) while the grid stays under
+    // 2^15 threads; with few rows the latency of each lane's loads, reduction and stores counts.
+    while (p.group_shift < 5 && (1u << p.group_shift) < units_max && (rows << (p.group_shift + 1)) <= (1 << 15))
+        ++p.group_shift;
     // One group per row, at most 2^22 blocks (then the groups stride over the rows).
     int64_t blocks = ((rows << p.group_shift) + kThreads - 1) / kThreads;
     blocks = blocks < (1 << 22) ? blocks : (1 << 22);
