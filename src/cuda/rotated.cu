@@ -1,14 +1,26 @@
 // CUDA INT4 / INT2 (Hadamard-rotated per-token-head) write and gather. The math and its op
 // orders are core/hadamard.h, shared with the CPU backend (bit-identical results).
 //
-// Layout: a group of L = D / E lanes holds one (token, side, head) row, each lane E = 16
-// consecutive elements (E = D below 16, 32 at D = 1024), so a warp works on 32 / L rows at once.
-// Butterfly stages h < E run in registers, stages h >= E exchange with lane ^ (h / E) (xor
-// shuffles stay inside the group). Min / max, the "any non-finite" vote and the INT2 sum of
-// squares reduce over the group in the order hadamard.h defines. A lane writes its E / 2 (INT4)
-// or E / 4 (INT2) code bytes; the group's first lane writes the scale. Warps grid-stride over
-// the rows; loop bounds are warp-uniform, so every lane reaches every shuffle (rows that are
-// padding or past the end compute on zeros and store nothing).
+// Layout: a group of L = D / E lanes holds one (token, side, head) row, each lane E = min(D, 32)
+// consecutive elements, so a warp works on 32 / L rows at once and a group makes U rows per
+// iteration (every load of the U rows issued before the first row is computed). Butterfly
+// stages h < E run in registers, stages h >= E exchange with lane ^ (h / E) (xor shuffles stay
+// inside the group). Min / max and the INT2 sum of squares reduce over the group in the order
+// hadamard.h defines. A lane writes its E / 2 (INT4) or E / 4 (INT2) code bytes; the group's
+// first lane writes the scale. Warps grid-stride over the rows; loop bounds are warp-uniform, so
+// every lane reaches every shuffle (rows that are padding or past the end compute on whatever
+// they loaded and store nothing). Launched with programmatic dependent launch: no global memory
+// is touched before pdl_wait().
+//
+// Exactness notes (each replaces a literal hadamard.h helper by the same result):
+//  * min.NaN / max.NaN: equal to min_f / max_f on rows without NaN (up to the sign of a zero
+//    min / max, which changes neither s nor z), and NaN when any element is NaN; so "any x'_i
+//    not finite" is "min or max not finite", no per-element test.
+//  * INT2: any non-finite x'_i makes the sum of squares Inf or NaN, hence n not finite: the
+//    "any x'_i not finite" test is implied by int2_quant's own test of n.
+//  * rha_clamp(t, 15) == floor(clamp(t + 0.5, 0, 15)) for every t (t < 0: both give 0; NaN: 0),
+//    the floor of r in [0, 15] as the low bits of r + 2^23 rounded toward zero (no F2I).
+//  * float(q - z) == (2^23 + q) - (2^23 + z) (both exact, difference exact).
 #include "core/fast_divmod.h"
 #include "core/hadamard.h"
 #include "core/ops.h"
@@ -21,9 +33,9 @@ constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
 template <int D> struct RowShape {
-    static constexpr int E = D < 16 ? D : (D == 1024 ? 32 : 16);  // elements per lane
-    static constexpr int L = D / E;                                 // lanes per row
-    static constexpr int RPW = 32 / L;                              // rows per warp
+    static constexpr int E = D < 32 ? D : 32;  // elements per lane
+    static constexpr int L = D / E;            // lanes per row
+    static constexpr int RPW = 32 / L;         // rows per warp
 };
 
 // ---------------------------------------------------------------- unaligned-safe vector access
@@ -146,20 +158,32 @@ template <int E, int L> __device__ __forceinline__ void group_hadamard(float (&v
     }
 }
 
-template <int L> __device__ __forceinline__ float group_min(float x) {
-#pragma unroll
-    for (int m = L / 2; m >= 1; m >>= 1) x = rot::min_f(x, __shfl_xor_sync(kFull, x, m));
-    return x;
+// min / max that return NaN when either operand is NaN (see the exactness notes above).
+__device__ __forceinline__ float min_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float r;
+    asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a != a || b != b) ? __int_as_float(0x7fffffff) : fminf(a, b);
+#endif
 }
-template <int L> __device__ __forceinline__ float group_max(float x) {
-#pragma unroll
-    for (int m = L / 2; m >= 1; m >>= 1) x = rot::max_f(x, __shfl_xor_sync(kFull, x, m));
-    return x;
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
+#endif
 }
-template <int L> __device__ __forceinline__ bool group_any(bool b, uint32_t grp) {
-    const uint32_t votes = __ballot_sync(kFull, b);
-    if constexpr (L == 32) return votes != 0;
-    else return ((votes >> (grp * L)) & ((1u << L) - 1u)) != 0;
+
+template <int L> __device__ __forceinline__ void group_min_max(float &mn, float &mx) {
+#pragma unroll
+    for (int m = L / 2; m >= 1; m >>= 1) {
+        mn = min_nan(mn, __shfl_xor_sync(kFull, mn, m));
+        mx = max_nan(mx, __shfl_xor_sync(kFull, mx, m));
+    }
 }
 
 // The INT2 sum of squares in hadamard.h's order: chunks of min(D, 16) elements (one or two per
@@ -186,12 +210,37 @@ template <int E, int L> __device__ __forceinline__ float group_sum_squares(const
     return p[0];
 }
 
-// Bit e set: element g*E + e is negated (hadamard.h's sign rule).
+// Bit e set: element g*E + e of the side is negated (hadamard.h's sign rule). The default signs
+// of a lane's E <= 32 consecutive elements (E a power of two, aligned) lie in one splitmix64 word.
 template <int E> __device__ __forceinline__ uint32_t lane_sign_mask(const float *signs, uint32_t g) {
-    uint32_t m = 0;
+    const int64_t first = int64_t(g) * E;
+    if (signs) {
+        uint32_t m = 0;
 #pragma unroll
-    for (int e = 0; e < E; ++e) m |= uint32_t(rot::sign_negates(signs, int64_t(g) * E + e)) << e;
-    return m;
+        for (int e = 0; e < E; ++e) m |= (__float_as_uint(signs[first + e]) >> 31) << e;
+        return m;
+    }
+    const uint64_t w = splitmix64_word(kRotationSeed, uint64_t(first) >> 6);
+    const uint64_t bits = w >> (uint64_t(first) & 63);
+    return E == 32 ? uint32_t(bits) : uint32_t(bits) & ((1u << E) - 1u);
+}
+
+// Element e's sign flip as an xor of its float bits.
+__device__ __forceinline__ float apply_sign(float x, uint32_t mask, int e) {
+    return __uint_as_float(__float_as_uint(x) ^ ((mask << (31 - e)) & 0x80000000u));
+}
+
+// rha_clamp(add(mul(x, inv), zf), 15) (see the exactness notes above).
+__device__ __forceinline__ uint32_t int4_code_fast(float x, float inv, float zf) {
+    const float t = __fadd_rn(__fmul_rn(x, inv), zf);
+    const float r = fminf(fmaxf(__fadd_rn(t, 0.5f), 0.0f), 15.0f);
+    return __float_as_uint(__fadd_rz(r, 8388608.0f)) & 0xfu;
+}
+
+// int2_code for a quantizable row (z finite).
+__device__ __forceinline__ uint32_t int2_code_fast(float x, float f) {
+    const float z = __fmul_rn(x, f);
+    return uint32_t(z >= -rot::kInt2Threshold) + uint32_t(z >= 0.0f) + uint32_t(z >= rot::kInt2Threshold);
 }
 
 // ---------------------------------------------------------------- launches
@@ -246,95 +295,120 @@ struct WriteLaunch {
     bool small_slots;
 };
 
-template <Elem In, bool Int4, int D>
-__global__ void __launch_bounds__(kThreads) write_rotated_kernel(const WriteLaunch p) {
+// Rows a group makes per iteration: all their loads in flight before the first is computed.
+template <Elem In, int D> constexpr int write_rows_per_group() {
+    return RowShape<D>::E * int(sizeof(storage_t<In>)) <= 64 ? 2 : 1;
+}
+constexpr int kGatherRowsPerGroup = 2;
+
+// Quantizes one row (E elements a lane of its group) into the lane's code words and the scale.
+template <Elem In, bool Int4, int D, int NW>
+__device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_t mask, uint32_t g, uint32_t (&codes)[NW],
+                                             uint32_t &scale_bits) {
+    constexpr int E = RowShape<D>::E, L = RowShape<D>::L;
+    if constexpr (Int4) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) v[e] = apply_sign(v[e], mask, e);
+    }
+    group_hadamard<E, L>(v, g);
+#pragma unroll
+    for (int i = 0; i < NW; ++i) codes[i] = 0;
+    bool bad;
+    if constexpr (Int4) {
+        float mn = 0.0f, mx = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            v[e] = rot::round_to_input<In>(v[e]);
+            mn = e == 0 ? v[e] : min_nan(mn, v[e]);
+            mx = e == 0 ? v[e] : max_nan(mx, v[e]);
+        }
+        group_min_max<L>(mn, mx);
+        const rot::Int4Quant q = rot::int4_quant(mn, mx, !(rot::is_finite(mn) && rot::is_finite(mx)));
+#pragma unroll
+        for (int e = 0; e < E; ++e) codes[e / 8] |= int4_code_fast(v[e], q.inv, q.zf) << (4 * (e % 8));
+        scale_bits = rot::int4_scale_bits(q);
+        bad = q.bad;
+    } else {
+        const float sum = group_sum_squares<E, L>(v);
+        const rot::Int2Quant q = rot::int2_quant(sum, D, false);  // n not finite covers every x'_i
+#pragma unroll
+        for (int e = 0; e < E; ++e) codes[e / 16] |= int2_code_fast(v[e], q.f) << (2 * (e % 16));
+        scale_bits = rot::int2_scale_bits(q);
+        bad = q.bad;
+    }
+    if (bad) {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) codes[i] = 0;
+    }
+}
+
+template <Elem In, bool Int4, int D, int U>
+__global__ void __launch_bounds__(kThreads, 3) write_rotated_kernel(const WriteLaunch p) {
     using Shape = RowShape<D>;
     constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
     constexpr int kInBytes = E * int(sizeof(storage_t<In>));
     constexpr int kCodeBytes = Int4 ? E / 2 : E / 4;
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const WriteArgs &a = p.a;
     const uint32_t lane = threadIdx.x & 31, g = lane % L, grp = lane / L;
     const int64_t warp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
     const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
     const int64_t num_slots = a.cache.num_slots();
+    const int64_t total = p.split.total;
+    pdl_wait();
     uint32_t k_signs = 0, v_signs = 0;  // scalars, not an array: no local memory
     if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
         if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
         if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
     }
-    for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
-        const int64_t u = base + grp;
-        int64_t t = 0, slot = -1;
-        int side = 0;
-        uint32_t head = 0;
-        if (u < p.split.total) {
-            split_unit(p.split, u, t, side, head);
-            slot = a.slots[t];
-            if (slot >= num_slots && p.split.count && side == p.split.side_first && head == 0 && g == 0 &&
+    for (int64_t base = warp * (RPW * U); base < total; base += warps * (RPW * U)) {
+        int64_t t[U], slot[U];
+        int side[U];
+        uint32_t head[U];
+        Words<kInBytes> in[U];
+#pragma unroll
+        for (int j = 0; j < U; ++j) {  // every load of the U rows first
+            const int64_t u = base + j * RPW + grp;
+            t[j] = 0;
+            slot[j] = -1;
+            side[j] = 0;
+            head[j] = 0;
+            if (u < total) {
+                split_unit(p.split, u, t[j], side[j], head[j]);
+                slot[j] = a.slots[t[j]];
+                const RowsSide &src = side[j] ? a.value : a.key;
+                in[j] = load_bytes<kInBytes>(src.data + src.offset(t[j], head[j]) + int64_t(g) * kInBytes);
+            } else {
+#pragma unroll
+                for (int i = 0; i < (kInBytes + 3) / 4; ++i) in[j].w[i] = 0;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U; ++j) {
+            if (slot[j] >= num_slots && p.split.count && side[j] == p.split.side_first && head[j] == 0 && g == 0 &&
                 a.out_of_range)
                 atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
-        }
-        const bool active = slot >= 0 && slot < num_slots;
-        const RowsSide &src = side ? a.value : a.key;
-        float v[E];
-        if (active) {
-            const Words<kInBytes> in = load_bytes<kInBytes>(src.data + src.offset(t, head) + int64_t(g) * kInBytes);
+            float v[E];
 #pragma unroll
-            for (int e = 0; e < E; ++e) v[e] = element<In>(in, e);
-        } else {
-#pragma unroll
-            for (int e = 0; e < E; ++e) v[e] = 0.0f;
-        }
-        if constexpr (Int4) {
-            const uint32_t mask = side ? v_signs : k_signs;
-#pragma unroll
-            for (int e = 0; e < E; ++e)
-                if ((mask >> e) & 1u) v[e] = rot::neg(v[e]);
-        }
-        group_hadamard<E, L>(v, g);
-        bool nonfinite = false;
-        Words<kCodeBytes> codes;
-#pragma unroll
-        for (int i = 0; i < (kCodeBytes + 3) / 4; ++i) codes.w[i] = 0;
-        uint32_t scale_bits;
-        if constexpr (Int4) {
-            float mn = 0.0f, mx = 0.0f;
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                v[e] = rot::round_to_input<In>(v[e]);
-                nonfinite |= !rot::is_finite(v[e]);
-                mn = e == 0 ? v[e] : rot::min_f(mn, v[e]);
-                mx = e == 0 ? v[e] : rot::max_f(mx, v[e]);
+            for (int e = 0; e < E; ++e) v[e] = element<In>(in[j], e);
+            Words<kCodeBytes> codes;
+            uint32_t scale_bits;
+            quantize_row<In, Int4, D>(v, side[j] ? v_signs : k_signs, g, codes.w, scale_bits);
+            if (slot[j] >= 0 && slot[j] < num_slots) {
+                int64_t block, offset;
+                if (p.small_slots) {
+                    uint32_t q, r;
+                    p.block_size.divmod(uint32_t(slot[j]), q, r);
+                    block = q;
+                    offset = r;
+                } else {
+                    block = slot[j] / a.cache.block_size;
+                    offset = slot[j] - block * a.cache.block_size;
+                }
+                const CacheSide &dst = side[j] ? a.cache.v : a.cache.k;
+                store_bytes<kCodeBytes>(dst.data + dst.offset(block, offset, head[j]) + int64_t(g) * kCodeBytes, codes);
+                if (g == 0) *reinterpret_cast<uint32_t *>(dst.scale_at(block, offset, head[j])) = scale_bits;
             }
-            mn = group_min<L>(mn);
-            mx = group_max<L>(mx);
-            const rot::Int4Quant q = rot::int4_quant(mn, mx, group_any<L>(nonfinite, grp));
-#pragma unroll
-            for (int e = 0; e < E; ++e) codes.w[e / 8] |= rot::int4_code(v[e], q) << (4 * (e % 8));
-            scale_bits = rot::int4_scale_bits(q);
-        } else {
-#pragma unroll
-            for (int e = 0; e < E; ++e) nonfinite |= !rot::is_finite(v[e]);
-            const float sum = group_sum_squares<E, L>(v);
-            const rot::Int2Quant q = rot::int2_quant(sum, D, group_any<L>(nonfinite, grp));
-#pragma unroll
-            for (int e = 0; e < E; ++e) codes.w[e / 16] |= rot::int2_code(v[e], q) << (2 * (e % 16));
-            scale_bits = rot::int2_scale_bits(q);
-        }
-        if (active) {
-            int64_t block, offset;
-            if (p.small_slots) {
-                uint32_t q, r;
-                p.block_size.divmod(uint32_t(slot), q, r);
-                block = q;
-                offset = r;
-            } else {
-                block = slot / a.cache.block_size;
-                offset = slot - block * a.cache.block_size;
-            }
-            const CacheSide &dst = side ? a.cache.v : a.cache.k;
-            store_bytes<kCodeBytes>(dst.data + dst.offset(block, offset, head) + int64_t(g) * kCodeBytes, codes);
-            if (g == 0) *reinterpret_cast<uint32_t *>(dst.scale_at(block, offset, head)) = scale_bits;
         }
     }
 }
@@ -355,7 +429,7 @@ template <typename F> void dispatch_head_size(int64_t d, F &&f) {
     }
 }
 
-void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool count, cudaStream_t s) {
+void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool count, pkv_stream s) {
     WriteLaunch p;
     p.a = a;
     p.split = make_split(a.num_tokens, a.cache.num_heads, side_first, sides, count);
@@ -367,11 +441,12 @@ void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool
         if constexpr (!elem_is_fp8(In)) {
             dispatch_head_size(d, [&](auto dd) {
                 constexpr int D = decltype(dd)::value;
-                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW);
+                constexpr int U = write_rows_per_group<In, D>();
+                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW * U);
                 if (int4) {
-                    write_rotated_kernel<In, true, D><<<grid, kThreads, 0, s>>>(p);
+                    launch_pdl(write_rotated_kernel<In, true, D, U>, grid, kThreads, s, p);
                 } else if constexpr (D >= 4) {
-                    write_rotated_kernel<In, false, D><<<grid, kThreads, 0, s>>>(p);
+                    launch_pdl(write_rotated_kernel<In, false, D, U>, grid, kThreads, s, p);
                 }
             });
         }
@@ -385,75 +460,113 @@ struct GatherLaunch {
     RowSplit split;
 };
 
-template <Elem Out, bool Int4, int D>
-__global__ void __launch_bounds__(kThreads) gather_rotated_kernel(const GatherLaunch p) {
+template <Elem Out, bool Int4, int D, int U>
+__global__ void __launch_bounds__(kThreads, 3) gather_rotated_kernel(const GatherLaunch p) {
     using Shape = RowShape<D>;
     constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
     constexpr int kOutBytes = E * int(sizeof(storage_t<Out>));
     constexpr int kCodeBytes = Int4 ? E / 2 : E / 4;
+    pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const GatherArgs &a = p.a;
     const uint32_t lane = threadIdx.x & 31, g = lane % L, grp = lane / L;
     const int64_t warp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) >> 5;
     const int64_t warps = (int64_t(gridDim.x) * kThreads) >> 5;
     const bool original = !a.cache.rotated_domain;
+    const int64_t total = p.split.total;
+    pdl_wait();
     uint32_t k_signs = 0, v_signs = 0;
     if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
-        if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
-        if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+        if (original) {
+            if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
+            if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+        }
     }
     constexpr float kInvD = 1.0f / float(D);  // exact: D is a power of two
-    for (int64_t base = warp * RPW; base < p.split.total; base += warps * RPW) {
-        const int64_t u = base + grp;
-        int64_t row = 0, block = -1, offset = 0;
-        int side = 0;
-        uint32_t head = 0;
-        bool active = false;
-        if (u < p.split.total) {
-            split_unit(p.split, u, row, side, head);
-            if (gather_row_source(a, row, block, offset)) {
-                active = block >= 0;
-                if (!active && p.split.count && side == p.split.side_first && head == 0 && g == 0 && a.out_of_range)
-                    atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+    for (int64_t base = warp * (RPW * U); base < total; base += warps * (RPW * U)) {
+        int64_t row[U], block[U], offset[U];
+        int side[U];
+        uint32_t head[U];
+        bool active[U];
+#pragma unroll
+        for (int j = 0; j < U; ++j) {  // the sources of the U rows
+            const int64_t u = base + j * RPW + grp;
+            row[j] = 0;
+            block[j] = -1;
+            offset[j] = 0;
+            side[j] = 0;
+            head[j] = 0;
+            active[j] = false;
+            if (u < total) {
+                split_unit(p.split, u, row[j], side[j], head[j]);
+                if (gather_row_source(a, row[j], block[j], offset[j])) {
+                    active[j] = block[j] >= 0;
+                    if (!active[j] && p.split.count && side[j] == p.split.side_first && head[j] == 0 && g == 0 &&
+                        a.out_of_range)
+                        atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+                }
             }
         }
-        const CacheSide &src = side ? a.cache.v : a.cache.k;
-        float v[E];
-        if (active) {
-            const Words<kCodeBytes> codes =
-                load_bytes<kCodeBytes>(src.data + src.offset(block, offset, head) + int64_t(g) * kCodeBytes);
-            const uint32_t bits = *reinterpret_cast<const uint32_t *>(src.scale_at(block, offset, head));
-            if constexpr (Int4) {
-                const rot::Int4Dequant q = rot::int4_dequant_params(bits);
+        Words<kCodeBytes> codes[U];
+        uint32_t bits[U];
 #pragma unroll
-                for (int e = 0; e < E; ++e) v[e] = rot::int4_dequant((codes.w[e / 8] >> (4 * (e % 8))) & 0xfu, q);
+        for (int j = 0; j < U; ++j) {  // then every code and scale load
+            if (active[j]) {
+                const CacheSide &src = side[j] ? a.cache.v : a.cache.k;
+                codes[j] = load_bytes<kCodeBytes>(src.data + src.offset(block[j], offset[j], head[j]) +
+                                                  int64_t(g) * kCodeBytes);
+                bits[j] = *reinterpret_cast<const uint32_t *>(src.scale_at(block[j], offset[j], head[j]));
             } else {
-                const float factor = rot::int2_dequant_factor(__uint_as_float(bits), D);
 #pragma unroll
-                for (int e = 0; e < E; ++e) v[e] = rot::int2_dequant((codes.w[e / 16] >> (2 * (e % 16))) & 3u, factor);
+                for (int i = 0; i < (kCodeBytes + 3) / 4; ++i) codes[j].w[i] = 0;
+                bits[j] = 0;
             }
-        } else {
-#pragma unroll
-            for (int e = 0; e < E; ++e) v[e] = 0.0f;
         }
-        if (original) {  // uniform over the launch: every lane reaches the shuffles
-            group_hadamard<E, L>(v, g);
-            const uint32_t mask = side ? v_signs : k_signs;
 #pragma unroll
-            for (int e = 0; e < E; ++e) v[e] = rot::mul_rn((mask >> e) & 1u ? rot::neg(v[e]) : v[e], kInvD);
-        }
-        if (active) {
-            Words<kOutBytes> out;
+        for (int j = 0; j < U; ++j) {
+            float v[E];
+            if constexpr (Int4) {
+                const rot::Int4Dequant q = rot::int4_dequant_params(bits[j]);
+                const float zm = __uint_as_float(0x4b000000u | uint32_t(q.z));  // 2^23 + z
 #pragma unroll
-            for (int i = 0; i < (kOutBytes + 3) / 4; ++i) out.w[i] = 0;
+                for (int e = 0; e < E; ++e) {
+                    const uint32_t c = (codes[j].w[e / 8] >> (4 * (e % 8))) & 0xfu;
+                    v[e] = __fmul_rn(q.s, __fsub_rn(__uint_as_float(0x4b000000u | c), zm));
+                }
+            } else {
+                const float factor = rot::int2_dequant_factor(__uint_as_float(bits[j]), D);
+                const float c0 = rot::int2_dequant(0u, factor), c1 = rot::int2_dequant(1u, factor);
+                const float c2 = rot::int2_dequant(2u, factor), c3 = rot::int2_dequant(3u, factor);
 #pragma unroll
-            for (int e = 0; e < E; ++e) set_element<Out>(out, e, rot::to_output<Out>(v[e]));
-            const RowsSide &dst = side ? a.value : a.key;
-            store_bytes<kOutBytes>(dst.data + dst.offset(row, head) + int64_t(g) * kOutBytes, out);
+                for (int e = 0; e < E; ++e) {
+                    const uint32_t c = (codes[j].w[e / 16] >> (2 * (e % 16))) & 3u;
+                    v[e] = c & 2u ? (c & 1u ? c3 : c2) : (c & 1u ? c1 : c0);
+                }
+            }
+            if (original) {  // uniform over the launch: every lane reaches the shuffles
+                group_hadamard<E, L>(v, g);
+                if constexpr (Int4) {
+                    const uint32_t mask = side[j] ? v_signs : k_signs;
+#pragma unroll
+                    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(apply_sign(v[e], mask, e), kInvD);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], kInvD);
+                }
+            }
+            if (active[j]) {
+                Words<kOutBytes> out;
+#pragma unroll
+                for (int i = 0; i < (kOutBytes + 3) / 4; ++i) out.w[i] = 0;
+#pragma unroll
+                for (int e = 0; e < E; ++e) set_element<Out>(out, e, rot::to_output<Out>(v[e]));
+                const RowsSide &dst = side[j] ? a.value : a.key;
+                store_bytes<kOutBytes>(dst.data + dst.offset(row[j], head[j]) + int64_t(g) * kOutBytes, out);
+            }
         }
     }
 }
 
-void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bool count, cudaStream_t s) {
+void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bool count, pkv_stream s) {
     GatherLaunch p;
     p.a = a;
     p.split = make_split(a.num_rows, a.cache.num_heads, side_first, sides, count);
@@ -463,11 +576,12 @@ void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bo
         if constexpr (!elem_is_fp8(Out)) {
             dispatch_head_size(d, [&](auto dd) {
                 constexpr int D = decltype(dd)::value;
-                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW);
+                constexpr int U = kGatherRowsPerGroup;
+                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW * U);
                 if (int4) {
-                    gather_rotated_kernel<Out, true, D><<<grid, kThreads, 0, s>>>(p);
+                    launch_pdl(gather_rotated_kernel<Out, true, D, U>, grid, kThreads, s, p);
                 } else if constexpr (D >= 4) {
-                    gather_rotated_kernel<Out, false, D><<<grid, kThreads, 0, s>>>(p);
+                    launch_pdl(gather_rotated_kernel<Out, false, D, U>, grid, kThreads, s, p);
                 }
             });
         }
@@ -480,7 +594,7 @@ void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bo
 // K and V in one launch when their head sizes agree; otherwise one launch a side (the first
 // counts the out-of-range tokens).
 void cuda_write_rotated(const WriteArgs &a, pkv_stream stream) {
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    const pkv_stream s = stream;
     const int64_t dk = a.cache.k.head_size;
     if (!a.cache.has_v || a.cache.v.head_size == dk) {
         launch_write(a, dk, 0, a.cache.has_v ? 2 : 1, true, s);
@@ -491,7 +605,7 @@ void cuda_write_rotated(const WriteArgs &a, pkv_stream stream) {
 }
 
 void cuda_gather_rotated(const GatherArgs &a, pkv_stream stream) {
-    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    const pkv_stream s = stream;
     const int64_t dk = a.cache.k.head_size;
     const bool with_v = a.value.data != nullptr;
     if (!with_v || a.cache.v.head_size == dk) {
