@@ -13,7 +13,8 @@
 namespace pkv {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;       // threads a block (large calls)
+constexpr int kSmallThreads = 128;  // decode-size calls: twice the blocks, spread over more SMs
 
 struct WriteLaunch {
     WriteArgs a;
@@ -38,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
     pdl_launch_dependents();  // the next kernel may launch; it waits for our completion itself
     const WriteArgs &a = p.a;
     uint32_t first, unit;
-    p.units_token.divmod(blockIdx.x * kThreads + threadIdx.x, first, unit);
+    p.units_token.divmod(blockIdx.x * blockDim.x + threadIdx.x, first, unit);
     if (first >= p.token_stride) return;  // past the last whole group of units
     const bool is_v = unit >= p.units_k;
     uint32_t head, chunk;
@@ -148,11 +149,12 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
                     // Threads: one per unit of every per_thread-th token, at least one token's
                     // worth, at most 2^22 blocks (then the threads stride over the tokens).
                     const int64_t threads = (a.num_tokens + per_thread - 1) / per_thread * int64_t(units_token);
-                    int64_t blocks = (threads + kThreads - 1) / kThreads;
+                    const int block_threads = threads < (int64_t(1) << 15) ? kSmallThreads : kThreads;
+                    int64_t blocks = (threads + block_threads - 1) / block_threads;
                     blocks = blocks < (1 << 22) ? blocks : (1 << 22);
-                    p.token_stride = blocks * kThreads / units_token;
-                    if (large) launch_pdl(write_kv_kernel<In, Cache, V, kLarge>, unsigned(blocks), kThreads, stream, p);
-                    else launch_pdl(write_kv_kernel<In, Cache, V, 1>, unsigned(blocks), kThreads, stream, p);
+                    p.token_stride = blocks * block_threads / units_token;
+                    if (large) launch_pdl(write_kv_kernel<In, Cache, V, kLarge>, unsigned(blocks), block_threads, stream, p);
+                    else launch_pdl(write_kv_kernel<In, Cache, V, 1>, unsigned(blocks), block_threads, stream, p);
                 }
             });
         });
