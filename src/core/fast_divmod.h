@@ -33,30 +33,4 @@ struct FastDivmod {
     }
 };
 
-// A cache slot as (block, offset in the block): FastDivmod while every slot of the cache is below
-// 2^31, int64 division beyond.
-struct SlotDivider {
-    FastDivmod fast;
-    int64_t block_size = 1;
-    bool small = true;
-
-    SlotDivider() = default;
-    SlotDivider(int64_t num_slots, int64_t block_size_)
-        : fast(num_slots < (int64_t(1) << 31) ? uint32_t(block_size_) : 1u),
-          block_size(block_size_),
-          small(num_slots < (int64_t(1) << 31)) {}
-
-    PKV_HD void split(int64_t slot, int64_t &block, int64_t &offset) const {
-        if (small) {
-            uint32_t q, r;
-            fast.divmod(uint32_t(slot), q, r);
-            block = q;
-            offset = r;
-        } else {
-            block = slot / block_size;
-            offset = slot - block * block_size;
-        }
-    }
-};
-
 }  // namespace pkv

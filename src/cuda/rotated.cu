@@ -291,7 +291,8 @@ unsigned grid_for(int64_t total, int rows_per_warp) {
 struct WriteLaunch {
     WriteArgs a;
     RowSplit split;
-    SlotDivider slot_divider;  // slot -> (block, offset)
+    FastDivmod block_size;  // valid when small_slots
+    bool small_slots;
 };
 
 // Rows a group makes per iteration: all their loads in flight before the first is computed.
@@ -395,7 +396,15 @@ __global__ void __launch_bounds__(kThreads, 3) write_rotated_kernel(const WriteL
             quantize_row<In, Int4, D>(v, side[j] ? v_signs : k_signs, g, codes.w, scale_bits);
             if (slot[j] >= 0 && slot[j] < num_slots) {
                 int64_t block, offset;
-                p.slot_divider.split(slot[j], block, offset);
+                if (p.small_slots) {
+                    uint32_t q, r;
+                    p.block_size.divmod(uint32_t(slot[j]), q, r);
+                    block = q;
+                    offset = r;
+                } else {
+                    block = slot[j] / a.cache.block_size;
+                    offset = slot[j] - block * a.cache.block_size;
+                }
                 const CacheSide &dst = side[j] ? a.cache.v : a.cache.k;
                 store_bytes<kCodeBytes>(dst.data + dst.offset(block, offset, head[j]) + int64_t(g) * kCodeBytes, codes);
                 if (g == 0) *reinterpret_cast<uint32_t *>(dst.scale_at(block, offset, head[j])) = scale_bits;
@@ -424,7 +433,8 @@ void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool
     WriteLaunch p;
     p.a = a;
     p.split = make_split(a.num_tokens, a.cache.num_heads, side_first, sides, count);
-    p.slot_divider = SlotDivider(a.cache.num_slots(), a.cache.block_size);
+    p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
+    p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
     const bool int4 = a.cache.format == PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD;
     dispatch_elem(a.in, [&](auto in) {
         constexpr Elem In = decltype(in)::value;

@@ -117,8 +117,8 @@ struct WriteLaunch {
     uint32_t units_k, units_v;  // vectors per K / V row (units_v = 0 without V)
     uint32_t group_shift;       // log2 of the lanes per row
     bool small_rows;            // num_tokens * num_heads < 2^31: `heads` applies
-    FastDivmod heads;
-    SlotDivider slot_divider;   // slot -> (block, offset)
+    bool small_slots;           // num_slots < 2^31: `block_size` applies
+    FastDivmod heads, block_size;
 };
 
 template <Elem In, bool Fp8, int VEC>
@@ -173,7 +173,15 @@ __global__ void __launch_bounds__(kThreads) token_head_write_kernel(const WriteL
             continue;
         }
         int64_t block, offset;
-        p.slot_divider.split(slot, block, offset);
+        if (p.small_slots) {
+            uint32_t q, r;
+            p.block_size.divmod(uint32_t(slot), q, r);
+            block = q;
+            offset = r;
+        } else {
+            block = slot / a.cache.block_size;
+            offset = slot - block * a.cache.block_size;
+        }
         const CacheSide &kc = a.cache.k;
         store_row<In, Fp8, VEC>(kr, km, ksrc, kc.data + kc.offset(block, offset, h), kc.scale_at(block, offset, h),
                                 units_k, sub, gsize);
@@ -315,7 +323,8 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
     const int64_t rows = a.num_tokens * a.cache.num_heads;
     p.small_rows = rows < (int64_t(1) << 31);
     p.heads = FastDivmod(uint32_t(a.cache.num_heads));
-    p.slot_divider = SlotDivider(a.cache.num_slots(), a.cache.block_size);
+    p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
+    p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
     p.units_k = uint32_t(a.cache.k.head_size / vec);
     p.units_v = a.cache.has_v ? uint32_t(a.cache.v.head_size / vec) : 0u;
     // The fewest lanes (a power of two, at most a warp) holding a row in kUnits vectors each.

@@ -21,7 +21,8 @@ struct WriteLaunch {
     uint32_t units_k;             // vectors in a token's K row (heads * chunks_k)
     FastDivmod units_token;       // vectors in a token's K and V rows: threads per token
     FastDivmod chunks_k, chunks_v;  // vectors per head row
-    SlotDivider slot_divider;     // slot -> (block, offset)
+    FastDivmod block_size;        // valid when small_slots
+    bool small_slots;             // every slot < 2^31
     int64_t token_stride;         // tokens between a thread's consecutive tokens
 };
 
@@ -80,7 +81,15 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
                 continue;
             }
             int64_t block, offset;
-            p.slot_divider.split(slot[i], block, offset);
+            if (p.small_slots) {
+                uint32_t q, m;
+                p.block_size.divmod(uint32_t(slot[i]), q, m);
+                block = q;
+                offset = m;
+            } else {
+                block = slot[i] / a.cache.block_size;
+                offset = slot[i] - block * a.cache.block_size;
+            }
             Vec<D, VEC> out;
             if constexpr (kScaled && VEC % 2 == 0) {
                 // fp8_quotient with its scale test hoisted out of the element loop, and the
@@ -127,7 +136,8 @@ void cuda_write_kv(const WriteArgs &a, pkv_stream stream) {
     p.units_k = heads * p.chunks_k.divisor;
     const uint32_t units_token = p.units_k + (a.cache.has_v ? heads * p.chunks_v.divisor : 0u);
     p.units_token = FastDivmod(units_token);
-    p.slot_divider = SlotDivider(a.cache.num_slots(), a.cache.block_size);
+    p.small_slots = a.cache.num_slots() < (int64_t(1) << 31);
+    p.block_size = FastDivmod(p.small_slots ? uint32_t(a.cache.block_size) : 1u);
     dispatch_elem(a.in, [&](auto in) {
         dispatch_elem(a.cache.elem, [&](auto cache) {
             dispatch_vec(p.a.vec, [&](auto vec) {
