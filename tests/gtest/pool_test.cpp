@@ -449,6 +449,8 @@ TEST(PoolErrors, ParamFields) {
          PKV_ERROR_INVALID_ARGUMENT},
         {"params->layers[1].format", [](Creation &c) { c.specs[1].format = pkv_cache_format(99); },
          PKV_ERROR_INVALID_ARGUMENT},
+        {"params->layers[1].format int4_per_token_head",  // scale planes: views over your own memory
+         [](Creation &c) { c.specs[1].format = PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD; }, PKV_ERROR_NOT_SUPPORTED},
         {"params->layers[1].layout", [](Creation &c) { c.specs[1].layout = pkv_head_layout(2); },
          PKV_ERROR_INVALID_ARGUMENT},
         {"params->layers[0].scale_mode", [](Creation &c) { c.specs[0].scale_mode = pkv_scale_mode(2); },
