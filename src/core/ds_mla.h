@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "core/element_convert.h"
+#include "core/exact_float.h"
 #include "core/numeric_formats.h"
 
 namespace pkv {
@@ -33,15 +34,11 @@ constexpr int kTileElems = 128, kTiles = 4;
 constexpr int kScalesOffset = 512, kRopeOffset = 528, kEntryBytes = 656;
 constexpr float kE4m3Max = 448.0f;
 constexpr uint32_t kFltMinBits = 0x00800000u;    // FLT_MIN
-constexpr uint32_t kScaleNanBits = 0x7FC00000u;  // the scale of a tile holding a NaN
 
-// |x| as ordered integer bits: the maximum over a tile is its amax (NaN above inf).
-PKV_HD uint32_t magnitude_bits(float x) { return fmt::f32_bits(x) & 0x7FFFFFFFu; }
-PKV_HD uint32_t max_bits(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
-// Tile scale from the tile's amax bits: max(amax / 448, FLT_MIN), NaN -> kScaleNanBits.
+// Tile scale from the tile's amax bits: max(amax / 448, FLT_MIN), NaN -> kNanScaleBits.
 PKV_HD float tile_scale(uint32_t amax_bits) {
-    if (amax_bits > 0x7F800000u) return fmt::f32_from_bits(kScaleNanBits);
+    if (amax_bits > 0x7F800000u) return fmt::f32_from_bits(kNanScaleBits);
     const float s = fmt::f32_from_bits(amax_bits) / kE4m3Max;  // IEEE division on both backends
     return s < fmt::f32_from_bits(kFltMinBits) ? fmt::f32_from_bits(kFltMinBits) : s;
 }

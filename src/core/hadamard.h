@@ -62,66 +62,18 @@
 #include <cstdint>
 
 #include "core/element_convert.h"
+#include "core/exact_float.h"
 #include "core/numeric_formats.h"
 #include "core/rotation.h"
 
 namespace pkv {
 namespace rot {
 
-// ---------------------------------------------------------------- float ops without contraction
-// On the host, an empty asm statement pins the rounded value in a register, so that gcc's
-// -ffp-contract=fast (when an FMA ISA is enabled) cannot fuse it into a following add.
-PKV_HD float pin(float x) {
-#if !defined(__CUDA_ARCH__) && defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    asm("" : "+x"(x));
-#elif !defined(__CUDA_ARCH__) && defined(__GNUC__) && defined(__aarch64__)
-    asm("" : "+w"(x));
-#endif
-    return x;
-}
-
-PKV_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
-#else
-    return pin(a * b);
-#endif
-}
-PKV_HD float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fadd_rn(a, b);
-#else
-    return pin(a + b);
-#endif
-}
-PKV_HD float sub_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fsub_rn(a, b);
-#else
-    return pin(a - b);
-#endif
-}
-PKV_HD float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fdiv_rn(a, b);
-#else
-    return pin(a / b);
-#endif
-}
-PKV_HD float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-    return __fsqrt_rn(a);
-#else
-    return pin(__builtin_sqrtf(a));
-#endif
-}
-
 PKV_HD bool is_finite(float x) { return (fmt::f32_bits(x) & 0x7f800000u) != 0x7f800000u; }
 PKV_HD float neg(float x) { return fmt::f32_from_bits(fmt::f32_bits(x) ^ 0x80000000u); }
 PKV_HD float min_f(float a, float b) { return b < a ? b : a; }
 PKV_HD float max_f(float a, float b) { return b > a ? b : a; }
 
-constexpr uint32_t kNanScaleBits = 0x7fc00000u;  // the scale of a row that cannot be quantized
 
 // ---------------------------------------------------------------- Hadamard
 // One butterfly: (a, b) -> (a + b, a - b).

@@ -29,6 +29,7 @@
 #include <cstdint>
 
 #include "core/element_convert.h"
+#include "core/exact_float.h"
 #include "core/numeric_formats.h"
 
 namespace pkv {
@@ -38,31 +39,13 @@ constexpr float kMinScale = 1e-6f;
 constexpr float kInt8Max = 127.0f;
 constexpr float kFp8Max = 448.0f;
 constexpr uint32_t kInfBits = 0x7f800000u;
-constexpr uint32_t kCanonicalNanBits = 0x7fc00000u;
 
-// |x| as its bit pattern (orders like the float; Inf / NaN above every finite value).
-PKV_HD uint32_t magnitude_bits(float x) { return fmt::f32_bits(x) & 0x7fffffffu; }
-PKV_HD uint32_t max_bits(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
-PKV_HD float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
 
-PKV_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
 
 // The row scale from the row's maximum magnitude pattern (see above): NaN for a non-finite row.
 template <bool Fp8> PKV_HD float row_scale(uint32_t amax_bits) {
-    if (amax_bits >= kInfBits) return fmt::f32_from_bits(kCanonicalNanBits);
+    if (amax_bits >= kInfBits) return fmt::f32_from_bits(kNanScaleBits);
     const float s = div_rn(fmt::f32_from_bits(amax_bits), Fp8 ? kFp8Max : kInt8Max);
     return s > kMinScale ? s : kMinScale;
 }

@@ -93,7 +93,7 @@ void gather_row(const CacheSide &src, int64_t block, int64_t offset, int64_t hea
         for (int i = 0; i < d; ++i) {
             float x = v[i];
             if constexpr (Int4) x = rot::sign_negates(src.rotation_signs, i) ? rot::neg(x) : x;
-            v[i] = rot::mul_rn(x, inv_d);
+            v[i] = mul_rn(x, inv_d);
         }
     }
     auto *o = reinterpret_cast<storage_t<Out> *>(out);

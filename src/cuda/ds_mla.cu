@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kWriteThreads, U == 4 ? 8 : U == 2 ? 10 : 1)
             uint32_t m = x[u][0] & 0x7FFF7FFFu;
 #pragma unroll
             for (int j = 1; j < 8; ++j) m = max_u16x2(m, x[u][j] & 0x7FFF7FFFu);
-            m16[u] = ds_mla::max_bits(m & 0xFFFFu, m >> 16);
+            m16[u] = max_bits(m & 0xFFFFu, m >> 16);
         }
         // Scale and reciprocal of (token u, this lane's tile): U == 1, every lane computes its
         // tile's; else lane l computes token l % U's (every lane of a tile holds all U maxima),
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kWriteThreads, U == 4 ? 8 : U == 2 ? 10 : 1)
             if constexpr (U == 1) {
                 mine = m16[0];
 #pragma unroll
-                for (int k = 4; k >= 1; k >>= 1) mine = ds_mla::max_bits(mine, __shfl_xor_sync(0xffffffffu, mine, k));
+                for (int k = 4; k >= 1; k >>= 1) mine = max_bits(mine, __shfl_xor_sync(0xffffffffu, mine, k));
             } else {
                 uint32_t p[U / 2];
 #pragma unroll
@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kWriteThreads, U == 4 ? 8 : U == 2 ? 10 : 1)
                     if ((u >> 1) == i) w = p[i];
                 mine = (u & 1) ? w >> 16 : w & 0xFFFFu;
             }
-            my_s = ds_mla::tile_scale(ds_mla::magnitude_bits(to_f32<In>(uint16_t(mine))));
+            my_s = ds_mla::tile_scale(magnitude_bits(to_f32<In>(uint16_t(mine))));
             my_r = 1.0f / my_s;  // make_fp8_divisor's reciprocal
         }
 #pragma unroll

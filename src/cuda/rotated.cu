@@ -195,17 +195,17 @@ template <int E, int L> __device__ __forceinline__ float group_sum_squares(const
     for (int c = 0; c < NC; ++c) {
         float s = 0.0f;
 #pragma unroll
-        for (int i = 0; i < K; ++i) s = rot::add_rn(s, rot::mul_rn(v[c * K + i], v[c * K + i]));
+        for (int i = 0; i < K; ++i) s = add_rn(s, mul_rn(v[c * K + i], v[c * K + i]));
         p[c] = s;
     }
 #pragma unroll
     for (int m = L / 2; m >= 1; m >>= 1) {
 #pragma unroll
-        for (int c = 0; c < NC; ++c) p[c] = rot::add_rn(p[c], __shfl_xor_sync(kFull, p[c], m));
+        for (int c = 0; c < NC; ++c) p[c] = add_rn(p[c], __shfl_xor_sync(kFull, p[c], m));
     }
     if constexpr (NC == 2) {
         const float a = p[0], b = p[1];
-        p[0] = rot::add_rn(a, b);
+        p[0] = add_rn(a, b);
     }
     return p[0];
 }

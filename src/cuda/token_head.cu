@@ -37,7 +37,7 @@ template <typename T> __device__ __forceinline__ T load_at(const char *base, int
 template <Elem In, int VEC> __device__ __forceinline__ uint32_t vec_amax(const Vec<storage_t<In>, VEC> &x) {
     uint32_t m = 0;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) m = th::max_bits(m, th::magnitude_bits(to_f32<In>(x.v[e])));
+    for (int e = 0; e < VEC; ++e) m = max_bits(m, magnitude_bits(to_f32<In>(x.v[e])));
     return m;
 }
 
@@ -46,7 +46,7 @@ __device__ __forceinline__ Vec<uint8_t, VEC> quantize_vec(const Vec<storage_t<In
     Vec<uint8_t, VEC> out;
     float v[VEC];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = th::mul_rn(to_f32<In>(x.v[e]), inv);
+    for (int e = 0; e < VEC; ++e) v[e] = mul_rn(to_f32<In>(x.v[e]), inv);
     if constexpr (Fp8 && VEC % 2 == 0) {
         // The same codes as th::encode<true> (fmt::f32_to_e4m3), converted a pair at a time.
 #pragma unroll
@@ -87,9 +87,9 @@ __device__ __forceinline__ uint32_t row_amax(const RowRegs<In, VEC> &R, const ch
     uint32_t m = 0;
 #pragma unroll
     for (int i = 0; i < kUnits; ++i)
-        if (sub + gsize * i < units) m = th::max_bits(m, vec_amax<In, VEC>(R.x[i]));
+        if (sub + gsize * i < units) m = max_bits(m, vec_amax<In, VEC>(R.x[i]));
     for (uint32_t u = sub + gsize * kUnits; u < units; u += gsize)
-        m = th::max_bits(m, vec_amax<In, VEC>(load_at<V>(src, int64_t(u) * sizeof(V))));
+        m = max_bits(m, vec_amax<In, VEC>(load_at<V>(src, int64_t(u) * sizeof(V))));
     return m;
 }
 
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads) token_head_write_kernel(const WriteL
         uint32_t km = row_amax<In, VEC>(kr, ksrc, units_k, sub, gsize);
         uint32_t vm = row_amax<In, VEC>(vr, vsrc, units_v, sub, gsize);
         for (uint32_t o = gsize >> 1; o > 0; o >>= 1) {  // within the group: exact in any order
-            km = th::max_bits(km, __shfl_xor_sync(0xffffffffu, km, o));
-            vm = th::max_bits(vm, __shfl_xor_sync(0xffffffffu, vm, o));
+            km = max_bits(km, __shfl_xor_sync(0xffffffffu, km, o));
+            vm = max_bits(vm, __shfl_xor_sync(0xffffffffu, vm, o));
         }
         if (slot < 0) continue;  // padding (or past the last row): neither codes nor scale
         if (slot >= num_slots) {  // counted once per token
@@ -212,15 +212,15 @@ __device__ __forceinline__ Vec<storage_t<Out>, VEC> decode_vec(const Vec<uint8_t
                 __nv_fp8x2_storage_t(uint32_t(in.v[e]) | (uint32_t(in.v[e + 1]) << 8));
             const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
             const float lo = __half2float(__ushort_as_half(h.x)), hi = __half2float(__ushort_as_half(h.y));
-            out.v[e] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(lo, s)));
-            out.v[e + 1] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(hi, s)));
+            out.v[e] = from_f32<Out>(fmt::canonical_nan(mul_rn(lo, s)));
+            out.v[e + 1] = from_f32<Out>(fmt::canonical_nan(mul_rn(hi, s)));
         }
         return out;
     }
 #endif
     if constexpr (!Fp8) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) out.v[e] = from_f32<Out>(fmt::canonical_nan(th::mul_rn(int8_value(in.v[e]), s)));
+        for (int e = 0; e < VEC; ++e) out.v[e] = from_f32<Out>(fmt::canonical_nan(mul_rn(int8_value(in.v[e]), s)));
     } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) out.v[e] = from_f32<Out>(th::decode<true>(in.v[e], s));
