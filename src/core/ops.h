@@ -81,7 +81,8 @@ struct MlaWriteArgs {
     int64_t *out_of_range = nullptr;
 };
 
-// Elements per vector access for the kernels (see vector_elems), from the arguments' addresses.
+// Elements per vector access for the kernels (see vector_elems), from the arguments' addresses;
+// element-wise formats and the 1-byte codes of INT8 / FP8 per token-head.
 int write_vector_elems(const WriteArgs &a);
 int gather_vector_elems(const GatherArgs &a);
 

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/element_convert.h"
 #include "core/exact_float.h"
@@ -94,6 +95,13 @@ template <Elem In, bool Fp8> PKV_HD float quantize_row(const storage_t<In> *x, i
 // A whole row back to the output dtype.
 template <Elem Out, bool Fp8> PKV_HD void dequantize_row(const uint8_t *codes, int64_t d, float s, storage_t<Out> *out) {
     for (int64_t i = 0; i < d; ++i) out[i] = from_f32<Out>(decode<Fp8>(codes[i], s));
+}
+
+// Calls fn(std::true_type{}) for FP8_PER_TOKEN_HEAD, fn(std::false_type{}) for INT8 (host-side
+// dispatch of both backends).
+template <typename F> void dispatch_fp8(pkv_cache_format f, F &&fn) {
+    if (f == PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD) fn(std::true_type{});
+    else fn(std::false_type{});
 }
 
 }  // namespace th

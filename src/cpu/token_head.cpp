@@ -42,16 +42,11 @@ template <Elem Out, bool Fp8> void gather_all(const GatherArgs &a) {
     });
 }
 
-template <typename F> void dispatch_fp8(pkv_cache_format f, F &&fn) {
-    if (f == PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD) fn(std::true_type{});
-    else fn(std::false_type{});
-}
-
 }  // namespace
 
 void cpu_write_token_head(const WriteArgs &a) {
     dispatch_elem(a.in, [&](auto in) {
-        dispatch_fp8(a.cache.format, [&](auto fp8) {
+        th::dispatch_fp8(a.cache.format, [&](auto fp8) {
             constexpr Elem In = decltype(in)::value;
             if constexpr (!elem_is_fp8(In)) write_all<In, decltype(fp8)::value>(a);
         });
@@ -60,7 +55,7 @@ void cpu_write_token_head(const WriteArgs &a) {
 
 void cpu_gather_token_head(const GatherArgs &a) {
     dispatch_elem(a.out, [&](auto out) {
-        dispatch_fp8(a.cache.format, [&](auto fp8) {
+        th::dispatch_fp8(a.cache.format, [&](auto fp8) {
             constexpr Elem Out = decltype(out)::value;
             if constexpr (!elem_is_fp8(Out)) gather_all<Out, decltype(fp8)::value>(a);
         });

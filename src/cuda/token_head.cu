@@ -291,31 +291,11 @@ __global__ void __launch_bounds__(kThreads, 4) token_head_gather_kernel(const Ga
     }
 }
 
-uint64_t addr(const void *p) { return reinterpret_cast<uintptr_t>(p); }
-
-uint64_t cache_alignment(const CacheSide &k, const CacheSide &v) {
-    return common_alignment({addr(k.data), uint64_t(k.stride_block), uint64_t(k.stride_slot), uint64_t(k.stride_head),
-                             addr(v.data), uint64_t(v.stride_block), uint64_t(v.stride_slot), uint64_t(v.stride_head)});
-}
-
-uint64_t rows_alignment(const RowsSide &k, const RowsSide &v) {
-    return common_alignment({addr(k.data), uint64_t(k.stride_row), uint64_t(k.stride_head), addr(v.data),
-                             uint64_t(v.stride_row), uint64_t(v.stride_head)});
-}
-
-template <typename F> void dispatch_fp8(pkv_cache_format f, F &&fn) {
-    if (f == PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD) fn(std::true_type{});
-    else fn(std::false_type{});
-}
-
 }  // namespace
 
 void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
-    const CacheSide &v = a.cache.has_v ? a.cache.v : a.cache.k;
-    const RowsSide &vr = a.cache.has_v ? a.value : a.key;
     const int in_bytes = elem_bytes(a.in);
-    int vec = vector_elems(in_bytes, 1, a.cache.k.head_size, v.head_size, rows_alignment(a.key, vr),
-                           cache_alignment(a.cache.k, v));
+    int vec = write_vector_elems(a);
     while (vec > 1 && vec * in_bytes > 16) vec >>= 1;  // at most 16 bytes a source vector
 
     WriteLaunch p;
@@ -339,7 +319,7 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
     int64_t blocks = ((rows << p.group_shift) + kThreads - 1) / kThreads;
     blocks = blocks < (1 << 22) ? blocks : (1 << 22);
     dispatch_elem(a.in, [&](auto in) {
-        dispatch_fp8(a.cache.format, [&](auto fp8) {
+        th::dispatch_fp8(a.cache.format, [&](auto fp8) {
             dispatch_vec(vec, [&](auto vc) {
                 constexpr Elem In = std::decay_t<decltype(in)>::value;
                 constexpr bool Fp8 = std::decay_t<decltype(fp8)>::value;
@@ -353,23 +333,19 @@ void cuda_write_token_head(const WriteArgs &a, pkv_stream stream) {
 }
 
 void cuda_gather_token_head(const GatherArgs &a, pkv_stream stream) {
-    const bool with_v = a.value.data != nullptr;
-    const CacheSide &v = with_v ? a.cache.v : a.cache.k;
-    const RowsSide &vr = with_v ? a.value : a.key;
-    const int out_bytes = elem_bytes(a.out);
+    const CacheSide &v = a.value.data ? a.cache.v : a.cache.k;
     // Up to 16 code bytes a vector (a 32-byte output vector is stored as two 16-byte halves).
-    const int vec = vector_elems(1, out_bytes, a.cache.k.head_size, v.head_size, cache_alignment(a.cache.k, v),
-                                 rows_alignment(a.key, vr));
+    const int vec = gather_vector_elems(a);
     GatherLaunch p;
     p.a = a;
     p.chunks_k = FastDivmod(uint32_t(a.cache.k.head_size / vec));
     p.chunks_v = FastDivmod(uint32_t(v.head_size / vec));
     const uint32_t heads = uint32_t(a.cache.num_heads);
     p.units_k = heads * p.chunks_k.divisor;
-    p.units = p.units_k + (with_v ? heads * p.chunks_v.divisor : 0u);
+    p.units = p.units_k + (a.value.data ? heads * p.chunks_v.divisor : 0u);
     const unsigned grid = rows_grid(a.num_rows);
     dispatch_elem(a.out, [&](auto out) {
-        dispatch_fp8(a.cache.format, [&](auto fp8) {
+        th::dispatch_fp8(a.cache.format, [&](auto fp8) {
             dispatch_vec(vec, [&](auto vc) {
                 constexpr Elem Out = std::decay_t<decltype(out)>::value;
                 constexpr bool Fp8 = std::decay_t<decltype(fp8)>::value;
