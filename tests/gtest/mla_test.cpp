@@ -262,14 +262,7 @@ std::vector<uint8_t> oracle_write(const MlaCase &c, const MlaData &w, int64_t *o
 }
 
 // ============================================================================ running writes
-struct WriteOut {
-    pkv_status status = PKV_SUCCESS;
-    std::string message;
-    std::vector<uint8_t> cache;
-    int64_t counter = 0;
-};
-
-WriteOut run_write_mla(Backend be, const MlaCase &c, const MlaData &w) {
+WriteOutcome run_write_mla(Backend be, const MlaCase &c, const MlaData &w) {
     const pkv_device dev = backend_device(be);
     Buf cache = to_device(be, w.cache0);
     Buf kv = to_device(be, w.kv.bytes), pe = to_device(be, w.pe.bytes);
@@ -280,18 +273,13 @@ WriteOut run_write_mla(Backend be, const MlaCase &c, const MlaData &w) {
     pkv_tensor kt = mat_tensor(kv, w.kv, dev), pt = mat_tensor(pe, w.pe, dev);
     pkv_tensor st = make_tensor(slots.ptr(), c.slot64 ? PKV_DTYPE_INT64 : PKV_DTYPE_INT32, dev, {c.T}, {1});
     TestStream stream(be, c.stream);
-    WriteOut o;
-    o.status = pkv_write_mla(&view, &kt, &pt, &st, c.count ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr,
-                             stream.get());
-    o.message = pkv_last_error_message();
-    stream.sync(be);
-    o.cache = cache.download_all();
-    counter.download(&o.counter, 8);
-    return o;
+    const pkv_status s = pkv_write_mla(&view, &kt, &pt, &st,
+                                       c.count ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, stream.get());
+    return write_outcome(s, be, stream, cache, counter);
 }
 
 // The element-wise pkv_write_kv of the concatenated rows [kv_c | k_pe] on a [T_pad, 1, R+P] key.
-WriteOut run_write_kv_concat(Backend be, const MlaCase &c, const MlaData &w) {
+WriteOutcome run_write_kv_concat(Backend be, const MlaCase &c, const MlaData &w) {
     const pkv_device dev = backend_device(be);
     const int64_t D = c.R + c.P, T_pad = w.kv.rows;
     Mat cat;
@@ -306,14 +294,9 @@ WriteOut run_write_kv_concat(Backend be, const MlaCase &c, const MlaData &w) {
                                         w.scale.empty() ? nullptr : reinterpret_cast<const float *>(scale.ptr()));
     pkv_tensor kt = make_tensor(key.ptr(), fmt_dtype(c.in), dev, {T_pad, 1, D}, {D, D, 1});
     pkv_tensor st = make_tensor(slots.ptr(), c.slot64 ? PKV_DTYPE_INT64 : PKV_DTYPE_INT32, dev, {c.T}, {1});
-    WriteOut o;
-    o.status = pkv_write_kv(&view, &kt, nullptr, &st, c.count ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr,
-                            nullptr);
-    o.message = pkv_last_error_message();
-    device_sync(be);
-    o.cache = cache.download_all();
-    counter.download(&o.counter, 8);
-    return o;
+    const pkv_status s = pkv_write_kv(&view, &kt, nullptr, &st,
+                                      c.count ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, nullptr);
+    return write_outcome(s, be, TestStream(be, false), cache, counter);
 }
 
 // ============================================================================ gathers
@@ -445,19 +428,19 @@ TEST_P(Mla, WriteAndGatherMatchOracle) {
     const MlaData w = make_data(c);
     int64_t oob = 0;
     const std::vector<uint8_t> expected = oracle_write(c, w, &oob);
-    const WriteOut r = run_write_mla(c.be, c, w);
+    const WriteOutcome r = run_write_mla(c.be, c, w);
     ASSERT_EQ(r.status, PKV_SUCCESS) << status_str(r.status) << ": " << r.message;
     auto describe = [&](int64_t off) { return w.g.describe(off); };
     EXPECT_TRUE(bytes_equal(expected, r.cache, describe, "cache vs oracle"));
     EXPECT_EQ(r.counter, w.counter0 + (c.count ? oob : 0)) << oob << " out-of-range slots";
     if (c.be == Backend::CUDA) {
-        const WriteOut cpu = run_write_mla(Backend::CPU, c, w);
+        const WriteOutcome cpu = run_write_mla(Backend::CPU, c, w);
         ASSERT_EQ(cpu.status, PKV_SUCCESS) << cpu.message;
         EXPECT_TRUE(bytes_equal(cpu.cache, r.cache, describe, "CUDA cache vs CPU cache"));
         EXPECT_EQ(cpu.counter, r.counter);
     }
     if (c.kind != Kind::DsMla) {  // the same bytes as the element-wise write of [kv_c | k_pe]
-        const WriteOut kv = run_write_kv_concat(c.be, c, w);
+        const WriteOutcome kv = run_write_kv_concat(c.be, c, w);
         ASSERT_EQ(kv.status, PKV_SUCCESS) << kv.message;
         EXPECT_TRUE(bytes_equal(kv.cache, r.cache, describe, "pkv_write_mla vs pkv_write_kv of the concatenated rows"));
         EXPECT_EQ(kv.counter, r.counter);

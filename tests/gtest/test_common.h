@@ -655,6 +655,28 @@ template <typename T> Buf to_device(Backend be, const std::vector<T> &v) {
 
 inline std::string status_str(pkv_status s) { return pkv_status_string(s); }
 
+// What a write call left behind: its status and message, the cache bytes, the out-of-range
+// counter.
+struct WriteOutcome {
+    pkv_status status = PKV_SUCCESS;
+    std::string message;
+    std::vector<uint8_t> cache;
+    int64_t counter = 0;
+};
+
+// Records a write's status with the thread's last message, waits for `stream` (and the device),
+// then downloads the cache and the counter.
+inline WriteOutcome write_outcome(pkv_status status, Backend be, const TestStream &stream, const Buf &cache,
+                                  const Buf &counter) {
+    WriteOutcome o;
+    o.status = status;
+    o.message = pkv_last_error_message();
+    stream.sync(be);
+    o.cache = cache.download_all();
+    counter.download(&o.counter, 8);
+    return o;
+}
+
 inline std::string lower(std::string s) {
     for (char &ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
     return s;

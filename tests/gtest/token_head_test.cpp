@@ -340,14 +340,7 @@ std::vector<uint8_t> oracle_write(const THWriteCase &c, const THWriteData &w, in
     return img;
 }
 
-struct THWriteResult {
-    pkv_status status = PKV_SUCCESS;
-    std::string message;
-    std::vector<uint8_t> cache;
-    int64_t counter = 0;
-};
-
-THWriteResult run_write(Backend be, const THWriteCase &c, const THWriteData &w) {
+WriteOutcome run_write(Backend be, const THWriteCase &c, const THWriteData &w) {
     const pkv_device dev = backend_device(be);
     Buf cache = to_device(be, w.cache0);
     Buf key = to_device(be, w.key.bytes);
@@ -362,14 +355,9 @@ THWriteResult run_write(Backend be, const THWriteCase &c, const THWriteData &w) 
     if (!c.k_only) vt = make_tensor(value.ptr(), fmt_dtype(c.in), dev, {w.T_pad, c.H, c.Dv}, {w.value.rs, w.value.hs, 1});
     pkv_tensor st = make_tensor(slots.ptr(), c.slot64 ? PKV_DTYPE_INT64 : PKV_DTYPE_INT32, dev, {c.T}, {c.slot_stride});
     TestStream stream(be, c.stream);
-    THWriteResult res;
-    res.status = pkv_write_kv(&view, &kt, c.k_only ? nullptr : &vt, &st,
-                              c.count_oob ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, stream.get());
-    res.message = pkv_last_error_message();
-    stream.sync(be);
-    res.cache = cache.download_all();
-    counter.download(&res.counter, 8);
-    return res;
+    const pkv_status s = pkv_write_kv(&view, &kt, c.k_only ? nullptr : &vt, &st,
+                                      c.count_oob ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, stream.get());
+    return write_outcome(s, be, stream, cache, counter);
 }
 
 // ----------------------------------------------------------------------------- gather cases
@@ -682,13 +670,13 @@ TEST_P(TokenHead, WriteMatchesOracle) {
         const THWriteData w = make_write_data(c);
         int64_t oob = 0;
         const std::vector<uint8_t> expected = oracle_write(c, w, &oob);
-        const THWriteResult r = run_write(be, c, w);
+        const WriteOutcome r = run_write(be, c, w);
         ASSERT_EQ(r.status, PKV_SUCCESS) << status_str(r.status) << ": " << r.message;
         auto describe = [&](int64_t off) { return w.g.describe(off); };
         EXPECT_TRUE(bytes_equal(expected, r.cache, describe, "cache vs oracle"));
         EXPECT_EQ(r.counter, w.counter0 + (c.count_oob ? oob : 0)) << "out_of_range_count";
         if (be == Backend::CUDA) {
-            const THWriteResult cpu = run_write(Backend::CPU, c, w);
+            const WriteOutcome cpu = run_write(Backend::CPU, c, w);
             ASSERT_EQ(cpu.status, PKV_SUCCESS) << cpu.message;
             EXPECT_TRUE(bytes_equal(cpu.cache, r.cache, describe, "CUDA cache vs CPU backend cache"));
             EXPECT_EQ(cpu.counter, r.counter);

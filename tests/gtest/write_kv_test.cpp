@@ -191,14 +191,7 @@ std::vector<uint8_t> oracle_write(const WriteCase &c, const WriteData &w, int64_
 }
 
 // ------------------------------------------------------------------------------ running
-struct WriteResult {
-    pkv_status status = PKV_SUCCESS;
-    std::string message;
-    std::vector<uint8_t> cache;
-    int64_t counter = 0;
-};
-
-WriteResult run_write(Backend be, const WriteCase &c, const WriteData &w) {
+WriteOutcome run_write(Backend be, const WriteCase &c, const WriteData &w) {
     const pkv_device dev = backend_device(be);
     Buf cache(be, w.g.bytes);
     cache.upload(w.cache0);
@@ -222,14 +215,9 @@ WriteResult run_write(Backend be, const WriteCase &c, const WriteData &w) {
     pkv_tensor st = make_tensor(slots.ptr(), c.slot64 ? PKV_DTYPE_INT64 : PKV_DTYPE_INT32, dev, {c.T}, {c.slot_stride});
 
     TestStream stream(be, c.stream);
-    WriteResult res;
-    res.status = pkv_write_kv(&view, &kt, c.k_only ? nullptr : &vt, &st,
-                              c.count_oob ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, stream.get());
-    res.message = pkv_last_error_message();
-    stream.sync(be);
-    res.cache = cache.download_all();
-    counter.download(&res.counter, 8);
-    return res;
+    const pkv_status s = pkv_write_kv(&view, &kt, c.k_only ? nullptr : &vt, &st,
+                                      c.count_oob ? reinterpret_cast<int64_t *>(counter.ptr()) : nullptr, stream.get());
+    return write_outcome(s, be, stream, cache, counter);
 }
 
 class WriteKv : public ::testing::TestWithParam<WriteCase> {};
@@ -241,7 +229,7 @@ TEST_P(WriteKv, MatchesOracle) {
     int64_t oob = 0;
     const std::vector<uint8_t> expected = oracle_write(c, w, &oob);
 
-    WriteResult r = run_write(c.be, c, w);
+    WriteOutcome r = run_write(c.be, c, w);
     ASSERT_EQ(r.status, PKV_SUCCESS) << status_str(r.status) << ": " << r.message;
     EXPECT_STREQ(r.message.c_str(), "") << "last error message must be empty after a success";
     auto describe = [&](int64_t off) { return w.g.describe(off); };
@@ -249,7 +237,7 @@ TEST_P(WriteKv, MatchesOracle) {
     EXPECT_EQ(r.counter, w.counter0 + (c.count_oob ? oob : 0)) << "out_of_range_count (initial " << w.counter0
                                                                << ", " << oob << " out-of-range slots)";
     if (c.be == Backend::CUDA) {
-        WriteResult cpu = run_write(Backend::CPU, c, w);
+        WriteOutcome cpu = run_write(Backend::CPU, c, w);
         ASSERT_EQ(cpu.status, PKV_SUCCESS) << cpu.message;
         EXPECT_TRUE(bytes_equal(cpu.cache, r.cache, describe, "CUDA cache vs CPU backend cache"));
         EXPECT_EQ(cpu.counter, r.counter);
