@@ -329,7 +329,10 @@ typedef struct pkv_cache_view {
  * (k + 1) * 0x9E3779B97F4A7C15), host memory, n values). Deterministic; every head size uses a
  * prefix of the same sequence. vLLM draws its signs from PyTorch's RNG instead: pass those as
  * k_rotation_signs / v_rotation_signs for caches that must match vLLM's bit for bit.
- * @return PKV_ERROR_INVALID_ARGUMENT for out NULL with n > 0 or n < 0. Thread-safe.
+ * @param[out] out  n floats of host memory (copy them to the device for a cache view).
+ * @param n         number of signs, >= 0 (0 writes nothing).
+ * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT for n < 0 or out NULL with n > 0.
+ * Host only: no stream, no device access. Thread-safe.
  */
 PKV_API pkv_status pkv_default_rotation_signs(float *out, int64_t n);
 
@@ -400,8 +403,14 @@ PKV_API pkv_status pkv_write_kv(const pkv_cache_view *cache, const pkv_tensor *k
  *                    described at the format).
  * @param[in] kv_c    [T_pad, R] f32 / f16 / bf16, any row stride, last stride 1.
  * @param[in] k_pe    [T_pad, P], the dtype of kv_c, any row stride, last stride 1.
- * @param[in] slot_mapping, out_of_range_count, stream: as pkv_write_kv.
- * @return as pkv_write_kv; PKV_ERROR_INVALID_ARGUMENT when R + P differs from head_size_k.
+ * @param[in] slot_mapping, out_of_range_count, stream: as pkv_write_kv (the same padding,
+ *                    out-of-range and T = 0 rules; CUDA work is enqueued on `stream`, a CPU cache
+ *                    is written synchronously).
+ * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL pointer; a view with V or more than one
+ *         head; kv_c / k_pe not 2-D, of different dtypes, or R + P != head_size_k; fp8_ds_mla
+ *         with R != 512, P != 64 or inputs not of the RoPE dtype; device mismatch);
+ *         PKV_ERROR_NOT_SUPPORTED (a per-token-head format, split head rows, or a CUDA cache in a
+ *         build without CUDA); PKV_ERROR_CUDA (launch failure). Nothing is written on error.
  * Threading: reentrant; concurrent calls on disjoint slots are safe.
  */
 PKV_API pkv_status pkv_write_mla(const pkv_cache_view *cache, const pkv_tensor *kv_c, const pkv_tensor *k_pe,
