@@ -87,7 +87,7 @@ void write_mla(const pkv_cache_view *view, const pkv_tensor *kv_c_in, const pkv_
     const FormatFamily family = format_family(g.format);
     require(family != FormatFamily::TokenHead, PKV_ERROR_NOT_SUPPORTED, "pkv_write_mla does not write format ",
             cache_format_name(g.format), " (plain, per-tensor FP8 and fp8_ds_mla caches)");
-    require(!g.chunked, PKV_ERROR_NOT_SUPPORTED, "pkv_write_mla does not write split head rows (k_chunk_size)");
+    require(!g.k.split_rows(), PKV_ERROR_NOT_SUPPORTED, "pkv_write_mla does not write split head rows (k_chunk_size)");
     const pkv_tensor kv_c = mla_rows("kv_c", kv_c_in), k_pe = mla_rows("k_pe", k_pe_in);
     const int64_t tokens = check_index_vector("slot_mapping", slot_mapping, true, v.device);
     const int64_t r = kv_c.shape[2], p = k_pe.shape[2];

@@ -47,7 +47,7 @@ static void check_side(const char *side, const CacheSide &s, const CacheGeometry
             " bytes (the format's alignment)");
     const int64_t row = format_row_bytes(g.format, s.head_size);
     int64_t row_extent = row;
-    if (s.chunk_size != s.head_size) {
+    if (s.split_rows()) {
         require(format_family(g.format) == FormatFamily::Elementwise, PKV_ERROR_NOT_SUPPORTED, "cache ", side,
                 "_chunk_size (split head rows) is supported for plain and per-tensor FP8 formats only, not ",
                 cache_format_name(g.format));

@@ -48,7 +48,6 @@ CacheGeometry resolve_cache_view(const pkv_cache_view &v) {
     resolve_side(g.v, {v.v_data, dv, v.v_stride_block, v.v_stride_slot, v.v_stride_head, v.v_chunk_size,
                        v.v_stride_chunk, v.v_scale, v.v_scale_plane, v.v_scale_stride_block, v.v_scale_stride_slot,
                        v.v_scale_stride_head, v.v_rotation_signs}, v);
-    g.chunked = g.k.chunk_size != g.k.head_size || (g.has_v && g.v.chunk_size != g.v.head_size);
     return g;
 }
 

@@ -28,10 +28,11 @@ struct CacheSide {
     PKV_HD int64_t offset(int64_t block, int64_t slot_in_block, int64_t head) const {
         return block * stride_block + slot_in_block * stride_slot + head * stride_head;
     }
+    // Whether a head row is stored as several runs (the legacy 5-D layout).
+    PKV_HD bool split_rows() const { return chunk_size != head_size; }
     // Byte offset of element d within a head row (d a multiple of the vector width).
     PKV_HD int64_t element_offset(int64_t d, int elem_size) const {
-        return chunk_size == head_size ? d * elem_size
-                                       : (d / chunk_size) * stride_chunk + (d % chunk_size) * elem_size;
+        return !split_rows() ? d * elem_size : (d / chunk_size) * stride_chunk + (d % chunk_size) * elem_size;
     }
     PKV_HD float *scale_at(int64_t block, int64_t slot_in_block, int64_t head) const {
         return reinterpret_cast<float *>(scale_plane + block * scale_stride_block +
@@ -47,7 +48,6 @@ struct CacheGeometry {
     bool has_v = false;
     bool rotated_domain = false;  // gathers of INT4 / INT2 return the rotated domain
     bool rope_f16 = false;        // FP8_DS_MLA: RoPE values are f16 (else bf16)
-    bool chunked = false;         // a side's rows are split into runs (chunk_size < head_size)
     CacheSide k, v;
 
     PKV_HD int64_t num_slots() const { return num_blocks * block_size; }
