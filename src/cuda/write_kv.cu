@@ -31,6 +31,69 @@ struct WriteLaunch {
 template <Elem Cache> constexpr int large_call_units() { return elem_is_fp8(Cache) ? 2 : 4; }
 constexpr int64_t kLargeCallUnits = int64_t(1) << 18;
 
+// A vector of VEC elements of T as the registers hold it: 32-bit words where it fills whole
+// words, so that packing and unpacking narrow elements is one shift, mask or permute.
+template <typename T, int VEC>
+using Raw = std::conditional_t<(VEC * sizeof(T)) % 4 == 0, Vec<uint32_t, VEC * sizeof(T) / 4>, Vec<T, VEC>>;
+
+template <typename T, int VEC> __device__ __forceinline__ Vec<T, VEC> elements(const Raw<T, VEC> &raw) {
+    Vec<T, VEC> v;
+    memcpy(v.v, raw.v, sizeof(v.v));
+    return v;
+}
+
+// The elements of one input vector as floats; BF16 pairs straight from their word (a shift and
+// a mask each).
+template <Elem In, int VEC>
+__device__ __forceinline__ void widen(const Raw<storage_t<In>, VEC> &in, float (&f)[VEC]) {
+    if constexpr (In == Elem::BF16 && VEC % 2 == 0) {
+#pragma unroll
+        for (int k = 0; k < VEC / 2; ++k) {
+            f[2 * k] = fmt::f32_from_bits(in.v[k] << 16);
+            f[2 * k + 1] = fmt::f32_from_bits(in.v[k] & 0xffff0000u);
+        }
+    } else {
+        const Vec<storage_t<In>, VEC> e = elements<storage_t<In>, VEC>(in);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) f[k] = to_f32<In>(e.v[k]);
+    }
+}
+
+// One input vector -> one cache vector. FP8: fp8_quotient with its scale test hoisted out of
+// the element loop, the hardware converting pairs, and two pairs making each word.
+template <Elem In, Elem Cache, int VEC>
+__device__ __forceinline__ Raw<storage_t<Cache>, VEC> encode_vector(const Raw<storage_t<In>, VEC> &in,
+                                                                     const Fp8Divisor &divisor) {
+    using D = storage_t<Cache>;
+    Raw<D, VEC> out;
+    if constexpr (In == Cache) {
+        out = in;
+    } else if constexpr (elem_is_fp8(Cache) && VEC % 4 == 0) {
+        float q[VEC];
+        widen<In, VEC>(in, q);
+        if (divisor.fast) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) q[e] = fp8_quotient_fast(q[e], divisor);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) q[e] = q[e] / divisor.scale;
+        }
+#pragma unroll
+        for (int w = 0; w < VEC / 4; ++w) {
+            const uint32_t lo = fmt::f32x2_to_fp8x2<Cache == Elem::E5M2>(q[4 * w], q[4 * w + 1]);
+            const uint32_t hi = fmt::f32x2_to_fp8x2<Cache == Elem::E5M2>(q[4 * w + 2], q[4 * w + 3]);
+            out.v[w] = lo | hi << 16;
+        }
+    } else {
+        const Vec<storage_t<In>, VEC> e = elements<storage_t<In>, VEC>(in);
+        Vec<D, VEC> o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o.v[k] = encode_for_cache<In, Cache>(e.v[k], divisor);
+        memcpy(out.v, o.v, sizeof(o.v));
+    }
+    return out;
+}
+
 template <Elem In, Elem Cache, int VEC, int U>
 __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p) {
     using S = storage_t<In>;
@@ -51,28 +114,38 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
     const float *scale = kScaled && dst.scale ? dst.scale + (a.cache.per_head_scale ? head : 0) : nullptr;
     const bool counts = unit == 0 && a.out_of_range;  // one count per token
     const int64_t num_slots = a.cache.num_slots();
+    const int64_t stride_block = dst.stride_block, stride_slot = dst.stride_slot;
     const int64_t step = p.token_stride * U;
     Fp8Divisor divisor;
     bool have_divisor = false;
     pdl_wait();
     for (int64_t t = first; t < a.num_tokens; t += step) {
+        // The scale is loaded in the loop (not hoisted: its reciprocal would then wait for it
+        // before the row loads issue), ahead of the rows, so its reciprocal overlaps their wait.
+        float scale_value = 1.0f;
+        if (kScaled && !have_divisor && scale) scale_value = *scale;
         int64_t slot[U];
-        Vec<S, VEC> in[U];
+        Raw<S, VEC> in[U];
 #pragma unroll
         for (int i = 0; i < U; ++i) {
             const int64_t ti = t + i * p.token_stride;
             slot[i] = -1;
-            if (ti >= a.num_tokens) continue;
-            slot[i] = a.slots[ti];
-            in[i] = *reinterpret_cast<const Vec<S, VEC> *>(src_unit + ti * src.stride_row);
-        }
-        if constexpr (kScaled) {
-            // After the first loads are in flight: the scale load and its reciprocal overlap them.
-            if (!have_divisor) {
-                divisor = make_fp8_divisor(scale ? *scale : 1.0f);
-                have_divisor = true;
+            if (i > 0 && ti >= a.num_tokens) {
+                in[i] = {};
+                continue;
             }
+            slot[i] = a.slots[ti];
+            in[i] = *reinterpret_cast<const Raw<S, VEC> *>(src_unit + ti * src.stride_row);
         }
+        if (kScaled && !have_divisor) {
+            divisor = make_fp8_divisor(scale_value);
+            have_divisor = true;
+        }
+        // Converted before the slot tests, so that the conversion and the address math of the
+        // store can overlap (small calls are one latency chain per thread).
+        Raw<D, VEC> out[U];
+#pragma unroll
+        for (int i = 0; i < U; ++i) out[i] = encode_vector<In, Cache, VEC>(in[i], divisor);
 #pragma unroll
         for (int i = 0; i < U; ++i) {
             if (slot[i] < 0) continue;  // padding (or past the last token)
@@ -90,29 +163,7 @@ __global__ void __launch_bounds__(kThreads) write_kv_kernel(const WriteLaunch p)
                 block = slot[i] / a.cache.block_size;
                 offset = slot[i] - block * a.cache.block_size;
             }
-            Vec<D, VEC> out;
-            if constexpr (kScaled && VEC % 2 == 0) {
-                // fp8_quotient with its scale test hoisted out of the element loop, and the
-                // hardware converting pairs (one independent instruction per two elements).
-                float q[VEC];
-                if (divisor.fast) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) q[e] = fp8_quotient_fast(to_f32<In>(in[i].v[e]), divisor);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) q[e] = to_f32<In>(in[i].v[e]) / divisor.scale;
-                }
-#pragma unroll
-                for (int e = 0; e < VEC; e += 2) {
-                    const uint16_t pair = fmt::f32x2_to_fp8x2<Cache == Elem::E5M2>(q[e], q[e + 1]);
-                    out.v[e] = uint8_t(pair);
-                    out.v[e + 1] = uint8_t(pair >> 8);
-                }
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) out.v[e] = encode_for_cache<In, Cache>(in[i].v[e], divisor);
-            }
-            *reinterpret_cast<Vec<D, VEC> *>(dst_unit + block * dst.stride_block + offset * dst.stride_slot) = out;
+            *reinterpret_cast<Raw<D, VEC> *>(dst_unit + block * stride_block + offset * stride_slot) = out[i];
         }
     }
 }
