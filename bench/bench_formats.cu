@@ -3,7 +3,8 @@
 // calls replayed (median over repetitions), beside a graph of device-to-device copies moving
 // the same number of bytes (read + write) in the same run.
 //
-//   pkv_bench_formats [--quick] [--out FILE.md]     exit 0, 3 (a target missed) or 1 (an error)
+//   pkv_bench_formats [--quick] [--out FILE.md] [--format NAME] [--tokens T]
+//       exit 0, 3 (a target missed) or 1 (an error); --format / --tokens run one format / T only
 //
 // Bytes of an op: what it must read and write — inputs, codes, scale words and indices. "% of
 // copy" divides the op's rate by the copy's rate at the same byte count. fp8_ds_mla writes and
@@ -11,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -219,13 +221,16 @@ void run_format(const Format &f, int64_t T, int reps, cudaStream_t s, std::vecto
 
 int main(int argc, char **argv) {
     bool quick = false;
-    std::string out_path;
+    std::string out_path, only_format;
+    int64_t only_tokens = 0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") quick = true;
         else if (a == "--out" && i + 1 < argc) out_path = argv[++i];
+        else if (a == "--format" && i + 1 < argc) only_format = argv[++i];
+        else if (a == "--tokens" && i + 1 < argc) only_tokens = std::atoll(argv[++i]);
         else {
-            std::fprintf(stderr, "usage: pkv_bench_formats [--quick] [--out FILE.md]\n");
+            std::fprintf(stderr, "usage: pkv_bench_formats [--quick] [--out FILE.md] [--format NAME] [--tokens T]\n");
             return 2;
         }
     }
@@ -240,6 +245,7 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     for (const Format &f : kFormats)
         for (int64_t T : {int64_t(64), int64_t(16384)}) {
+            if ((!only_format.empty() && only_format != f.name) || (only_tokens && only_tokens != T)) continue;
             std::fprintf(stderr, "[bench] %s T=%lld\n", f.name, (long long)T);
             run_format(f, T, reps, s, rows);
         }
