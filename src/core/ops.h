@@ -62,7 +62,10 @@ PKV_HD bool gather_row_source(const GatherArgs &a, int64_t row, int64_t &block, 
     block = -1;
     offset = 0;
     if (pos < 0) return true;
-    const int64_t index = pos / a.cache.block_size;
+    // 32-bit division when it suffices: on a GPU a 64-bit one is a long subroutine.
+    const int64_t index = pos < (int64_t(1) << 31) && a.cache.block_size < (int64_t(1) << 31)
+                              ? int64_t(uint32_t(pos) / uint32_t(a.cache.block_size))
+                              : pos / a.cache.block_size;
     if (index >= a.max_blocks) return true;
     const int64_t id = a.block_table[lo * a.block_table_stride + index];
     if (id < 0 || id >= a.cache.num_blocks) return true;

@@ -125,15 +125,63 @@ template <int N> __device__ __forceinline__ void store_bytes(char *p, const Word
     for (int i = 0; i < N; ++i) reinterpret_cast<uint8_t *>(p)[i] = uint8_t(r.w[i / 4] >> (8 * (i % 4)));
 }
 
-// Element e of E storage elements packed in words.
-template <Elem T, int N> __device__ __forceinline__ float element(const Words<N> &r, int e) {
-    if constexpr (T == Elem::F32) return __uint_as_float(r.w[e]);
-    else return to_f32<T>(uint16_t(r.w[e / 2] >> (16 * (e % 2))));
+// ---------------------------------------------------------------- 16-bit pairs
+// Word k of a row of 16-bit elements holds elements 2k (low half) and 2k + 1 (high half).
+template <Elem T> __device__ __forceinline__ float pair_lo(uint32_t w) {
+    if constexpr (T == Elem::BF16) return __uint_as_float(w << 16);
+    else return to_f32<T>(uint16_t(w));
+}
+template <Elem T> __device__ __forceinline__ float pair_hi(uint32_t w) {
+    if constexpr (T == Elem::BF16) return __uint_as_float(w & 0xffff0000u);
+    else return to_f32<T>(uint16_t(w >> 16));
 }
 
-template <Elem T, int N> __device__ __forceinline__ void set_element(Words<N> &r, int e, storage_t<T> x) {
-    if constexpr (T == Elem::F32) r.w[e] = __float_as_uint(x);
-    else r.w[e / 2] |= uint32_t(x) << (16 * (e % 2));
+// from_f32<T>(lo) | from_f32<T>(hi) << 16 in one conversion instruction (the same rounding,
+// NaN canonical).
+template <Elem T> __device__ __forceinline__ uint32_t pack_rn(float lo, float hi) {
+    if constexpr (T == Elem::BF16) {
+        const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+        return uint32_t(__bfloat16_as_ushort(p.x)) | uint32_t(__bfloat16_as_ushort(p.y)) << 16;
+    } else {
+        const __half2 p = __floats2half2_rn(lo, hi);
+        return uint32_t(__half_as_ushort(p.x)) | uint32_t(__half_as_ushort(p.y)) << 16;
+    }
+}
+
+// Halfwise min / max of two pairs, NaN when either half is NaN; exact (subnormals kept).
+template <Elem T> __device__ __forceinline__ uint32_t pair_min_nan(uint32_t a, uint32_t b) {
+    uint32_t r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (T == Elem::BF16) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    else asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+#else
+    r = pack_rn<T>(fminf(pair_lo<T>(a), pair_lo<T>(b)), fminf(pair_hi<T>(a), pair_hi<T>(b)));
+#endif
+    return r;
+}
+template <Elem T> __device__ __forceinline__ uint32_t pair_max_nan(uint32_t a, uint32_t b) {
+    uint32_t r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (T == Elem::BF16) asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    else asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+#else
+    r = pack_rn<T>(fmaxf(pair_lo<T>(a), pair_lo<T>(b)), fmaxf(pair_hi<T>(a), pair_hi<T>(b)));
+#endif
+    return r;
+}
+
+// A lane's INT4 sign mask (bit e: negate element e) spread for 16-bit pairs: bits 2k and 2k + 1
+// of each half at 2k and 2k + 16, so that one shift puts a pair's two signs on bits 15 and 31.
+struct PairSigns {
+    uint32_t lo = 0, hi = 0;  // elements 0..15, 16..31
+};
+__device__ __forceinline__ PairSigns spread_pair_signs(uint32_t m) {
+    const auto spread = [](uint32_t x) { return (x & 0x5555u) | ((x & 0xaaaau) << 15); };
+    return {spread(m & 0xffffu), spread(m >> 16)};
+}
+// The sign bits of word k's two elements, at bits 15 and 31.
+__device__ __forceinline__ uint32_t pair_sign_bits(const PairSigns &s, int k) {
+    return ((k < 8 ? s.lo : s.hi) << (15 - 2 * (k % 8))) & 0x80008000u;
 }
 
 // ---------------------------------------------------------------- group operations
@@ -230,17 +278,39 @@ __device__ __forceinline__ float apply_sign(float x, uint32_t mask, int e) {
     return __uint_as_float(__float_as_uint(x) ^ ((mask << (31 - e)) & 0x80000000u));
 }
 
-// rha_clamp(add(mul(x, inv), zf), 15) (see the exactness notes above).
-__device__ __forceinline__ uint32_t int4_code_fast(float x, float inv, float zf) {
+// rha_clamp(add(mul(x, inv), zf), 15) as the float 2^23 + code (see the exactness notes above).
+__device__ __forceinline__ uint32_t int4_code_bits(float x, float inv, float zf) {
     const float t = __fadd_rn(__fmul_rn(x, inv), zf);
-    const float r = fminf(fmaxf(__fadd_rn(t, 0.5f), 0.0f), 15.0f);
-    return __float_as_uint(__fadd_rz(r, 8388608.0f)) & 0xfu;
+    float w, b;
+    asm("fma.rn.sat.f32 %0, %1, 0f3D800000, 0f3D000000;" : "=f"(w) : "f"(t));  // sat(RN(t + 0.5) / 16)
+    w = fminf(w, 0.9375f);
+    asm("fma.rz.f32 %0, %1, 0f41800000, 0f4B000000;" : "=f"(b) : "f"(w));  // 2^23 + floor(16 w)
+    return __float_as_uint(b);
 }
 
-// int2_code for a quantizable row (z finite).
+// Eight such codes (fewer for E < 8) as nibbles, element 2j in the low nibble of byte j: the
+// low byte of (b_{2j+1} << 4) + b_{2j} is that byte (the 2^23 bits lie above it).
+template <int E> __device__ __forceinline__ uint32_t pack_int4_word(const uint32_t *b) {
+    constexpr int P = E / 2 < 4 ? E / 2 : 4;  // pairs in the word
+    uint32_t p[P];
+#pragma unroll
+    for (int j = 0; j < P; ++j) p[j] = (b[2 * j + 1] << 4) + b[2 * j];
+    if constexpr (P == 4) return __byte_perm(__byte_perm(p[0], p[1], 0x0040), __byte_perm(p[2], p[3], 0x0040), 0x5410);
+    else if constexpr (P == 2) return __byte_perm(p[0], p[1], 0x0040) & 0xffffu;
+    else return p[0] & 0xffu;
+}
+
+// x >= y ? 0xffffffff : 0 (false for NaN).
+__device__ __forceinline__ uint32_t set_ge(float x, float y) {
+    uint32_t r;
+    asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(r) : "f"(x), "f"(y));
+    return r;
+}
+
+// int2_code for a quantizable row (z finite): the number of thresholds z reaches.
 __device__ __forceinline__ uint32_t int2_code_fast(float x, float f) {
     const float z = __fmul_rn(x, f);
-    return uint32_t(z >= -rot::kInt2Threshold) + uint32_t(z >= 0.0f) + uint32_t(z >= rot::kInt2Threshold);
+    return 0u - set_ge(z, -rot::kInt2Threshold) - set_ge(z, 0.0f) - set_ge(z, rot::kInt2Threshold);
 }
 
 // ---------------------------------------------------------------- launches
@@ -301,36 +371,87 @@ template <Elem In, int D> constexpr int write_rows_per_group() {
 }
 constexpr int kGatherRowsPerGroup = 2;
 
-// Quantizes one row (E elements a lane of its group) into the lane's code words and the scale.
+// The sign flips of a lane's INT4 elements, in the form its input dtype applies them in.
+template <Elem In> using LaneSigns = std::conditional_t<In == Elem::F32, uint32_t, PairSigns>;
+template <Elem In> __device__ __forceinline__ LaneSigns<In> make_lane_signs(uint32_t mask) {
+    if constexpr (In == Elem::F32) return mask;
+    else return spread_pair_signs(mask);
+}
+
+// A lane's E input elements as floats, INT4 sign flips applied (16-bit inputs: to the raw
+// pair, one xor for two elements; exact, as a sign flip is).
+template <Elem In, bool Int4, int E, int N>
+__device__ __forceinline__ void widen_row(const Words<N> &in, const LaneSigns<In> &signs, float (&v)[E]) {
+    if constexpr (In == Elem::F32) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) v[e] = Int4 ? apply_sign(__uint_as_float(in.w[e]), signs, e) : __uint_as_float(in.w[e]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < E / 2; ++k) {
+            uint32_t w = in.w[k];
+            if constexpr (Int4) w ^= pair_sign_bits(signs, k);
+            v[2 * k] = pair_lo<In>(w);
+            v[2 * k + 1] = pair_hi<In>(w);
+        }
+    }
+}
+
+// INT4: each x'_i rounded to the input dtype (16-bit: a pair a conversion), and the min and max
+// of the rounded values (16-bit: halfwise on the pairs, then the two halves).
+template <Elem In, int E> __device__ __forceinline__ void round_min_max(float (&v)[E], float &mn, float &mx) {
+    if constexpr (In == Elem::F32) {
+        mn = mx = v[0];
+#pragma unroll
+        for (int e = 1; e < E; ++e) {
+            mn = min_nan(mn, v[e]);
+            mx = max_nan(mx, v[e]);
+        }
+    } else {
+        constexpr int K = E / 2;
+        uint32_t pk[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) pk[k] = pack_rn<In>(v[2 * k], v[2 * k + 1]);
+        uint32_t lo = pk[0], hi = pk[0];
+#pragma unroll
+        for (int k = 1; k < K; ++k) {
+            lo = pair_min_nan<In>(lo, pk[k]);
+            hi = pair_max_nan<In>(hi, pk[k]);
+        }
+        mn = min_nan(pair_lo<In>(lo), pair_hi<In>(lo));
+        mx = max_nan(pair_lo<In>(hi), pair_hi<In>(hi));
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            v[2 * k] = pair_lo<In>(pk[k]);
+            v[2 * k + 1] = pair_hi<In>(pk[k]);
+        }
+    }
+}
+
+// Quantizes one row (E elements a lane of its group, signs applied) into the lane's code words
+// and the scale.
 template <Elem In, bool Int4, int D, int NW>
-__device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_t mask, uint32_t g, uint32_t (&codes)[NW],
+__device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_t g, uint32_t (&codes)[NW],
                                              uint32_t &scale_bits) {
     constexpr int E = RowShape<D>::E, L = RowShape<D>::L;
-    if constexpr (Int4) {
-#pragma unroll
-        for (int e = 0; e < E; ++e) v[e] = apply_sign(v[e], mask, e);
-    }
     group_hadamard<E, L>(v, g);
-#pragma unroll
-    for (int i = 0; i < NW; ++i) codes[i] = 0;
     bool bad;
     if constexpr (Int4) {
-        float mn = 0.0f, mx = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            v[e] = rot::round_to_input<In>(v[e]);
-            mn = e == 0 ? v[e] : min_nan(mn, v[e]);
-            mx = e == 0 ? v[e] : max_nan(mx, v[e]);
-        }
+        float mn, mx;
+        round_min_max<In, E>(v, mn, mx);
         group_min_max<L>(mn, mx);
         const rot::Int4Quant q = rot::int4_quant(mn, mx, !(rot::is_finite(mn) && rot::is_finite(mx)));
+        uint32_t b[E];
 #pragma unroll
-        for (int e = 0; e < E; ++e) codes[e / 8] |= int4_code_fast(v[e], q.inv, q.zf) << (4 * (e % 8));
+        for (int e = 0; e < E; ++e) b[e] = int4_code_bits(v[e], q.inv, q.zf);
+#pragma unroll
+        for (int i = 0; i < NW; ++i) codes[i] = pack_int4_word<E>(b + 8 * i);
         scale_bits = rot::int4_scale_bits(q);
         bad = q.bad;
     } else {
         const float sum = group_sum_squares<E, L>(v);
         const rot::Int2Quant q = rot::int2_quant(sum, D, false);  // n not finite covers every x'_i
+#pragma unroll
+        for (int i = 0; i < NW; ++i) codes[i] = 0;
 #pragma unroll
         for (int e = 0; e < E; ++e) codes[e / 16] |= int2_code_fast(v[e], q.f) << (2 * (e % 16));
         scale_bits = rot::int2_scale_bits(q);
@@ -356,10 +477,11 @@ __global__ void __launch_bounds__(kThreads, 3) write_rotated_kernel(const WriteL
     const int64_t num_slots = a.cache.num_slots();
     const int64_t total = p.split.total;
     pdl_wait();
-    uint32_t k_signs = 0, v_signs = 0;  // scalars, not an array: no local memory
+    LaneSigns<In> k_signs{}, v_signs{};  // scalars, not an array: no local memory
     if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
-        if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
-        if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+        if (p.split.side_first == 0) k_signs = make_lane_signs<In>(lane_sign_mask<E>(a.cache.k.rotation_signs, g));
+        if (p.split.side_first + p.split.sides > 1)
+            v_signs = make_lane_signs<In>(lane_sign_mask<E>(a.cache.v.rotation_signs, g));
     }
     for (int64_t base = warp * (RPW * U); base < total; base += warps * (RPW * U)) {
         int64_t t[U], slot[U];
@@ -389,11 +511,10 @@ __global__ void __launch_bounds__(kThreads, 3) write_rotated_kernel(const WriteL
                 a.out_of_range)
                 atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
             float v[E];
-#pragma unroll
-            for (int e = 0; e < E; ++e) v[e] = element<In>(in[j], e);
+            widen_row<In, Int4, E>(in[j], side[j] ? v_signs : k_signs, v);
             Words<kCodeBytes> codes;
             uint32_t scale_bits;
-            quantize_row<In, Int4, D>(v, side[j] ? v_signs : k_signs, g, codes.w, scale_bits);
+            quantize_row<In, Int4, D>(v, g, codes.w, scale_bits);
             if (slot[j] >= 0 && slot[j] < num_slots) {
                 int64_t block, offset;
                 if (p.small_slots) {
@@ -528,18 +649,30 @@ __global__ void __launch_bounds__(kThreads, 3) gather_rotated_kernel(const Gathe
                 const rot::Int4Dequant q = rot::int4_dequant_params(bits[j]);
                 const float zm = __uint_as_float(0x4b000000u | uint32_t(q.z));  // 2^23 + z
 #pragma unroll
-                for (int e = 0; e < E; ++e) {
-                    const uint32_t c = (codes[j].w[e / 8] >> (4 * (e % 8))) & 0xfu;
-                    v[e] = __fmul_rn(q.s, __fsub_rn(__uint_as_float(0x4b000000u | c), zm));
+                for (int i = 0; i < (E + 7) / 8; ++i) {
+                    // Nibbles to bytes (even elements, odd elements), a byte to 2^23 + code.
+                    const uint32_t even = codes[j].w[i] & 0x0f0f0f0fu, odd = (codes[j].w[i] >> 4) & 0x0f0f0f0fu;
+#pragma unroll
+                    for (int k = 0; k < 4 && 8 * i + 2 * k < E; ++k) {
+                        const float c0 = __uint_as_float(__byte_perm(even, 0x4b000000u, 0x7540 + k));
+                        const float c1 = __uint_as_float(__byte_perm(odd, 0x4b000000u, 0x7540 + k));
+                        v[8 * i + 2 * k] = __fmul_rn(q.s, __fsub_rn(c0, zm));
+                        v[8 * i + 2 * k + 1] = __fmul_rn(q.s, __fsub_rn(c1, zm));
+                    }
                 }
             } else {
+                // Centroids are symmetric (c0 = -c3, c1 = -c2, and so their products with the
+                // factor): the magnitude is c3's when the code's bits agree, the sign its bit 1.
                 const float factor = rot::int2_dequant_factor(__uint_as_float(bits[j]), D);
-                const float c0 = rot::int2_dequant(0u, factor), c1 = rot::int2_dequant(1u, factor);
-                const float c2 = rot::int2_dequant(2u, factor), c3 = rot::int2_dequant(3u, factor);
+                const float big = rot::int2_dequant(3u, factor), small = rot::int2_dequant(2u, factor);
 #pragma unroll
-                for (int e = 0; e < E; ++e) {
-                    const uint32_t c = (codes[j].w[e / 16] >> (2 * (e % 16))) & 3u;
-                    v[e] = c & 2u ? (c & 1u ? c3 : c2) : (c & 1u ? c1 : c0);
+                for (int i = 0; i < (E + 15) / 16; ++i) {
+                    const uint32_t w = codes[j].w[i], differ = w ^ (w >> 1), negative = ~w;
+#pragma unroll
+                    for (int k = 0; k < 16 && 16 * i + k < E; ++k) {
+                        const float mag = (differ >> (2 * k)) & 1u ? small : big;
+                        v[16 * i + k] = __uint_as_float(__float_as_uint(mag) ^ ((negative << (30 - 2 * k)) & 0x80000000u));
+                    }
                 }
             }
             if (original) {  // uniform over the launch: every lane reaches the shuffles
@@ -555,10 +688,13 @@ __global__ void __launch_bounds__(kThreads, 3) gather_rotated_kernel(const Gathe
             }
             if (active[j]) {
                 Words<kOutBytes> out;
+                if constexpr (Out == Elem::F32) {
 #pragma unroll
-                for (int i = 0; i < (kOutBytes + 3) / 4; ++i) out.w[i] = 0;
+                    for (int e = 0; e < E; ++e) out.w[e] = __float_as_uint(rot::to_output<Out>(v[e]));
+                } else {
 #pragma unroll
-                for (int e = 0; e < E; ++e) set_element<Out>(out, e, rot::to_output<Out>(v[e]));
+                    for (int k = 0; k < E / 2; ++k) out.w[k] = pack_rn<Out>(v[2 * k], v[2 * k + 1]);
+                }
                 const RowsSide &dst = side[j] ? a.value : a.key;
                 store_bytes<kOutBytes>(dst.data + dst.offset(row[j], head[j]) + int64_t(g) * kOutBytes, out);
             }
