@@ -64,6 +64,9 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 // PKV_DISABLE_PDL=1 in the environment turns it off, for comparisons).
 bool pdl_enabled();
 
+// The current device's multiprocessor count (cached per device; 0 when it cannot be queried).
+int multiprocessor_count();
+
 template <typename... Params, typename... Args>
 void launch_pdl(void (*kernel)(Params...), unsigned grid, unsigned block, pkv_stream stream, Args &&...args) {
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);

@@ -30,6 +30,7 @@ namespace pkv {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kBlocksPerSm = 3;  // the kernels' launch bounds
 constexpr unsigned kFull = 0xffffffffu;
 
 template <int D> struct RowShape {
@@ -139,13 +140,15 @@ template <Elem T> __device__ __forceinline__ float pair_hi(uint32_t w) {
 // from_f32<T>(lo) | from_f32<T>(hi) << 16 in one conversion instruction (the same rounding,
 // NaN canonical).
 template <Elem T> __device__ __forceinline__ uint32_t pack_rn(float lo, float hi) {
-    if constexpr (T == Elem::BF16) {
-        const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-        return uint32_t(__bfloat16_as_ushort(p.x)) | uint32_t(__bfloat16_as_ushort(p.y)) << 16;
-    } else {
-        const __half2 p = __floats2half2_rn(lo, hi);
-        return uint32_t(__half_as_ushort(p.x)) | uint32_t(__half_as_ushort(p.y)) << 16;
-    }
+    uint32_t r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // cvt.rn.{bf16,f16}x2.f32 d, a, b puts a in the upper half; one register, no repacking.
+    if constexpr (T == Elem::BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    r = uint32_t(from_f32<T>(lo)) | uint32_t(from_f32<T>(hi)) << 16;
+#endif
+    return r;
 }
 
 // Halfwise min / max of two pairs, NaN when either half is NaN; exact (subnormals kept).
@@ -300,17 +303,37 @@ template <int E> __device__ __forceinline__ uint32_t pack_int4_word(const uint32
     else return p[0] & 0xffu;
 }
 
-// x >= y ? 0xffffffff : 0 (false for NaN).
-__device__ __forceinline__ uint32_t set_ge(float x, float y) {
-    uint32_t r;
-    asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(r) : "f"(x), "f"(y));
-    return r;
+// int2_code for a quantizable row (z finite) as the float 2^23 + code. The code counts the
+// thresholds -T, 0, T that z reaches, which is clamp(floor(q) + 2, 0, 3) for q = z / T correctly
+// rounded: rounding cannot carry z / T across -1, 0 or 1 (the neighbours of T are more than half
+// an ulp of 1 away from it, and z / T is never a zero of the other sign). q by one Markstein
+// step as fp8_quotient_fast makes it (correctly rounded for |q0| >= 2^-20, and below that only
+// its sign matters, which it keeps); then sat(RM(q / 4 + 1/2)) = sat(floor-exact (q + 2) / 4).
+__device__ __forceinline__ uint32_t int2_code_bits(float x, float f) {
+    constexpr float kT = rot::kInt2Threshold, kInvT = 1.0f / rot::kInt2Threshold;
+    const float z = __fmul_rn(x, f);
+    const float q0 = __fmul_rn(z, kInvT);
+    const float q = __fmaf_rn(__fmaf_rn(-kT, q0, z), kInvT, q0);
+    float w, b;
+    asm("fma.rm.sat.f32 %0, %1, 0f3E800000, 0f3F000000;" : "=f"(w) : "f"(q));  // sat(RM(q / 4 + 1 / 2))
+    w = fminf(w, 0.75f);
+    asm("fma.rz.f32 %0, %1, 0f40800000, 0f4B000000;" : "=f"(b) : "f"(w));  // 2^23 + floor(4 w)
+    return __float_as_uint(b);
 }
 
-// int2_code for a quantizable row (z finite): the number of thresholds z reaches.
-__device__ __forceinline__ uint32_t int2_code_fast(float x, float f) {
-    const float z = __fmul_rn(x, f);
-    return 0u - set_ge(z, -rot::kInt2Threshold) - set_ge(z, 0.0f) - set_ge(z, rot::kInt2Threshold);
+// Sixteen such codes (fewer for E < 16), element 4j + i in bits [2i, 2i + 2) of byte j.
+template <int E> __device__ __forceinline__ uint32_t pack_int2_word(const uint32_t *b) {
+    constexpr int Q = E / 4 < 4 ? (E / 4 > 0 ? E / 4 : 1) : 4;  // bytes in the word
+    uint32_t p[Q];
+#pragma unroll
+    for (int j = 0; j < Q; ++j) {
+        const uint32_t lo = (b[4 * j + 1] << 2) + b[4 * j];
+        const uint32_t hi = E > 2 ? (b[4 * j + 3] << 2) + b[4 * j + 2] : 0u;
+        p[j] = (hi << 4) + lo;  // low byte: four codes (the 2^23 bits lie above it)
+    }
+    if constexpr (Q == 4) return __byte_perm(__byte_perm(p[0], p[1], 0x0040), __byte_perm(p[2], p[3], 0x0040), 0x5410);
+    else if constexpr (Q == 2) return __byte_perm(p[0], p[1], 0x0040) & 0xffffu;
+    else return p[0] & (E >= 4 ? 0xffu : 0xfu);
 }
 
 // ---------------------------------------------------------------- launches
@@ -351,10 +374,14 @@ __device__ __forceinline__ void split_unit(const RowSplit &s, int64_t u, int64_t
     side = s.side_first + int(sl);
 }
 
+// One wave of resident blocks at most (kBlocksPerSm a multiprocessor): warps then
+// stride over several row groups, sharing their prologue (sign masks, parameters) among them.
 unsigned grid_for(int64_t total, int rows_per_warp) {
     const int64_t warps = (total + rows_per_warp - 1) / rows_per_warp;
     const int64_t blocks = (warps + kThreads / 32 - 1) / (kThreads / 32);
-    return unsigned(blocks < (1 << 20) ? blocks : (1 << 20));
+    const int sms = multiprocessor_count();
+    const int64_t cap = sms > 0 ? int64_t(sms) * kBlocksPerSm : (int64_t(1) << 20);
+    return unsigned(blocks < cap ? blocks : cap);
 }
 
 // ---------------------------------------------------------------- write
@@ -450,10 +477,11 @@ __device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_
     } else {
         const float sum = group_sum_squares<E, L>(v);
         const rot::Int2Quant q = rot::int2_quant(sum, D, false);  // n not finite covers every x'_i
+        uint32_t b[E];
 #pragma unroll
-        for (int i = 0; i < NW; ++i) codes[i] = 0;
+        for (int e = 0; e < E; ++e) b[e] = int2_code_bits(v[e], q.f);
 #pragma unroll
-        for (int e = 0; e < E; ++e) codes[e / 16] |= int2_code_fast(v[e], q.f) << (2 * (e % 16));
+        for (int i = 0; i < NW; ++i) codes[i] = pack_int2_word<E>(b + 16 * i);
         scale_bits = rot::int2_scale_bits(q);
         bad = q.bad;
     }
@@ -464,7 +492,7 @@ __device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_
 }
 
 template <Elem In, bool Int4, int D, int U>
-__global__ void __launch_bounds__(kThreads, 3) write_rotated_kernel(const WriteLaunch p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) write_rotated_kernel(const WriteLaunch p) {
     using Shape = RowShape<D>;
     constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
     constexpr int kInBytes = E * int(sizeof(storage_t<In>));
@@ -582,7 +610,7 @@ struct GatherLaunch {
 };
 
 template <Elem Out, bool Int4, int D, int U>
-__global__ void __launch_bounds__(kThreads, 3) gather_rotated_kernel(const GatherLaunch p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(const GatherLaunch p) {
     using Shape = RowShape<D>;
     constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
     constexpr int kOutBytes = E * int(sizeof(storage_t<Out>));

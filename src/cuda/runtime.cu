@@ -34,6 +34,25 @@ bool pdl_enabled() {
     return m >= 9;
 }
 
+int multiprocessor_count() {
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int> count[kMaxDevices];  // 0 = not yet queried
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    int n = count[device].load(std::memory_order_relaxed);
+    if (n == 0) {
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return 0;
+        }
+        count[device].store(n, std::memory_order_relaxed);
+    }
+    return n;
+}
+
 int32_t cuda_device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
