@@ -30,7 +30,13 @@ namespace pkv {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 3;  // the kernels' launch bounds
+#ifndef PKV_EXP_BLOCKS
+#define PKV_EXP_BLOCKS 3
+#endif
+#ifndef PKV_EXP_ROWS
+#define PKV_EXP_ROWS 0
+#endif
+constexpr int kBlocksPerSm = PKV_EXP_BLOCKS;  // the kernels' launch bounds
 constexpr unsigned kFull = 0xffffffffu;
 
 template <int D> struct RowShape {
@@ -394,9 +400,10 @@ struct WriteLaunch {
 
 // Rows a group makes per iteration: all their loads in flight before the first is computed.
 template <Elem In, int D> constexpr int write_rows_per_group() {
+    if (PKV_EXP_ROWS) return PKV_EXP_ROWS;
     return RowShape<D>::E * int(sizeof(storage_t<In>)) <= 64 ? 2 : 1;
 }
-constexpr int kGatherRowsPerGroup = 2;
+constexpr int kGatherRowsPerGroup = PKV_EXP_ROWS ? PKV_EXP_ROWS : 2;
 
 // The sign flips of a lane's INT4 elements, in the form its input dtype applies them in.
 template <Elem In> using LaneSigns = std::conditional_t<In == Elem::F32, uint32_t, PairSigns>;
