@@ -30,13 +30,10 @@ namespace pkv {
 namespace {
 
 constexpr int kThreads = 256;
-#ifndef PKV_EXP_BLOCKS
-#define PKV_EXP_BLOCKS 3
-#endif
-#ifndef PKV_EXP_ROWS
-#define PKV_EXP_ROWS 0
-#endif
-constexpr int kBlocksPerSm = PKV_EXP_BLOCKS;  // the kernels' launch bounds
+// Launch bounds: 4 blocks of 256 threads a multiprocessor, one row a group per iteration (H100,
+// D = 128, T = 16384: 3 blocks of 2 rows each made INT4 write / gather 71 / 72 % of copy
+// bandwidth, 4 of 1 row 78 / 77 %; 5 and more blocks spill).
+constexpr int kBlocksPerSm = 4;
 constexpr unsigned kFull = 0xffffffffu;
 
 template <int D> struct RowShape {
@@ -309,37 +306,23 @@ template <int E> __device__ __forceinline__ uint32_t pack_int4_word(const uint32
     else return p[0] & 0xffu;
 }
 
-// int2_code for a quantizable row (z finite) as the float 2^23 + code. The code counts the
-// thresholds -T, 0, T that z reaches, which is clamp(floor(q) + 2, 0, 3) for q = z / T correctly
-// rounded: rounding cannot carry z / T across -1, 0 or 1 (the neighbours of T are more than half
-// an ulp of 1 away from it, and z / T is never a zero of the other sign). q by one Markstein
-// step as fp8_quotient_fast makes it (correctly rounded for |q0| >= 2^-20, and below that only
-// its sign matters, which it keeps); then sat(RM(q / 4 + 1/2)) = sat(floor-exact (q + 2) / 4).
-__device__ __forceinline__ uint32_t int2_code_bits(float x, float f) {
-    constexpr float kT = rot::kInt2Threshold, kInvT = 1.0f / rot::kInt2Threshold;
-    const float z = __fmul_rn(x, f);
-    const float q0 = __fmul_rn(z, kInvT);
-    const float q = __fmaf_rn(__fmaf_rn(-kT, q0, z), kInvT, q0);
-    float w, b;
-    asm("fma.rm.sat.f32 %0, %1, 0f3E800000, 0f3F000000;" : "=f"(w) : "f"(q));  // sat(RM(q / 4 + 1 / 2))
-    w = fminf(w, 0.75f);
-    asm("fma.rz.f32 %0, %1, 0f40800000, 0f4B000000;" : "=f"(b) : "f"(w));  // 2^23 + floor(4 w)
-    return __float_as_uint(b);
-}
-
-// Sixteen such codes (fewer for E < 16), element 4j + i in bits [2i, 2i + 2) of byte j.
-template <int E> __device__ __forceinline__ uint32_t pack_int2_word(const uint32_t *b) {
-    constexpr int Q = E / 4 < 4 ? (E / 4 > 0 ? E / 4 : 1) : 4;  // bytes in the word
-    uint32_t p[Q];
+// The INT2 codes of one word (elements 16i .. 16i + 15 of the lane, fewer for E < 16) of a
+// quantizable row (every z finite). With z' = z + 0 (a -0 becomes +0, nothing else changes) and
+// e = z' - copysign(T, z'), exactly rounded differences keep their signs (and x - x is +0), so
+// code bit 1 is z' >= 0 and bit 0 is e >= 0: z >= T when z' >= 0, z >= -T when z' < 0. The sign
+// bits are shifted in from the top (funnel shifts), element 15's first, then inverted.
+template <int E> __device__ __forceinline__ uint32_t int2_code_word(const float *v, float f) {
+    constexpr int N = E < 16 ? E : 16;
+    const uint32_t t_bits = __float_as_uint(rot::kInt2Threshold);
+    uint32_t acc = 0;
 #pragma unroll
-    for (int j = 0; j < Q; ++j) {
-        const uint32_t lo = (b[4 * j + 1] << 2) + b[4 * j];
-        const uint32_t hi = E > 2 ? (b[4 * j + 3] << 2) + b[4 * j + 2] : 0u;
-        p[j] = (hi << 4) + lo;  // low byte: four codes (the 2^23 bits lie above it)
+    for (int k = N - 1; k >= 0; --k) {
+        const float z = __fadd_rn(__fmul_rn(v[k], f), 0.0f);
+        const float e = __fsub_rn(z, __uint_as_float(t_bits | (__float_as_uint(z) & 0x80000000u)));
+        acc = __funnelshift_l(__float_as_uint(z), acc, 1);
+        acc = __funnelshift_l(__float_as_uint(e), acc, 1);
     }
-    if constexpr (Q == 4) return __byte_perm(__byte_perm(p[0], p[1], 0x0040), __byte_perm(p[2], p[3], 0x0040), 0x5410);
-    else if constexpr (Q == 2) return __byte_perm(p[0], p[1], 0x0040) & 0xffffu;
-    else return p[0] & (E >= 4 ? 0xffu : 0xfu);
+    return N == 16 ? ~acc : ~acc & ((1u << (2 * N)) - 1u);
 }
 
 // ---------------------------------------------------------------- launches
@@ -398,12 +381,8 @@ struct WriteLaunch {
     bool small_slots;
 };
 
-// Rows a group makes per iteration: all their loads in flight before the first is computed.
-template <Elem In, int D> constexpr int write_rows_per_group() {
-    if (PKV_EXP_ROWS) return PKV_EXP_ROWS;
-    return RowShape<D>::E * int(sizeof(storage_t<In>)) <= 64 ? 2 : 1;
-}
-constexpr int kGatherRowsPerGroup = PKV_EXP_ROWS ? PKV_EXP_ROWS : 2;
+// Rows a group makes per iteration (all their loads in flight before the first is computed).
+constexpr int kRowsPerGroup = 1;
 
 // The sign flips of a lane's INT4 elements, in the form its input dtype applies them in.
 template <Elem In> using LaneSigns = std::conditional_t<In == Elem::F32, uint32_t, PairSigns>;
@@ -484,11 +463,8 @@ __device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_
     } else {
         const float sum = group_sum_squares<E, L>(v);
         const rot::Int2Quant q = rot::int2_quant(sum, D, false);  // n not finite covers every x'_i
-        uint32_t b[E];
 #pragma unroll
-        for (int e = 0; e < E; ++e) b[e] = int2_code_bits(v[e], q.f);
-#pragma unroll
-        for (int i = 0; i < NW; ++i) codes[i] = pack_int2_word<E>(b + 16 * i);
+        for (int i = 0; i < NW; ++i) codes[i] = int2_code_word<E>(v + 16 * i, q.f);
         scale_bits = rot::int2_scale_bits(q);
         bad = q.bad;
     }
@@ -597,7 +573,7 @@ void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool
         if constexpr (!elem_is_fp8(In)) {
             dispatch_head_size(d, [&](auto dd) {
                 constexpr int D = decltype(dd)::value;
-                constexpr int U = write_rows_per_group<In, D>();
+                constexpr int U = kRowsPerGroup;
                 const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW * U);
                 if (int4) {
                     launch_pdl(write_rotated_kernel<In, true, D, U>, grid, kThreads, s, p);
@@ -747,7 +723,7 @@ void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bo
         if constexpr (!elem_is_fp8(Out)) {
             dispatch_head_size(d, [&](auto dd) {
                 constexpr int D = decltype(dd)::value;
-                constexpr int U = kGatherRowsPerGroup;
+                constexpr int U = kRowsPerGroup;
                 const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW * U);
                 if (int4) {
                     launch_pdl(gather_rotated_kernel<Out, true, D, U>, grid, kThreads, s, p);
