@@ -3,7 +3,8 @@
 //
 // Layout: a group of L = D / E lanes holds one (token, side, head) row, each lane E = min(D, 32)
 // consecutive elements, so a warp works on 32 / L rows at once and a group makes U rows per
-// iteration (every load of the U rows issued before the first row is computed). Butterfly
+// iteration (every load of the U rows issued before the first row is computed; U = 1 now, see
+// kBlocksPerSm). Butterfly
 // stages h < E run in registers, stages h >= E exchange with lane ^ (h / E) (xor shuffles stay
 // inside the group). Min / max and the INT2 sum of squares reduce over the group in the order
 // hadamard.h defines. A lane writes its E / 2 (INT4) or E / 4 (INT2) code bytes; the group's
@@ -15,12 +16,18 @@
 // Exactness notes (each replaces a literal hadamard.h helper by the same result):
 //  * min.NaN / max.NaN: equal to min_f / max_f on rows without NaN (up to the sign of a zero
 //    min / max, which changes neither s nor z), and NaN when any element is NaN; so "any x'_i
-//    not finite" is "min or max not finite", no per-element test.
+//    not finite" is "min or max not finite", no per-element test. For 16-bit inputs the values
+//    rounded to the input dtype are compared as pairs (min.NaN.bf16x2 / .f16x2, exact), then the
+//    two halves.
 //  * INT2: any non-finite x'_i makes the sum of squares Inf or NaN, hence n not finite: the
 //    "any x'_i not finite" test is implied by int2_quant's own test of n.
-//  * rha_clamp(t, 15) == floor(clamp(t + 0.5, 0, 15)) for every t (t < 0: both give 0; NaN: 0),
-//    the floor of r in [0, 15] as the low bits of r + 2^23 rounded toward zero (no F2I).
+//  * rha_clamp(t, 15) == floor(clamp(t + 0.5, 0, 15)) for every t (t < 0: both give 0; NaN: 0).
+//    RN(t / 16 + 1/32) == RN(t + 0.5) / 16 (power-of-two scaling inside one FMA), so
+//    fma.rn.sat gives clamp(t + 0.5, 0, 16) / 16; after min(., 15/16), floor(16 w) is the low
+//    bits of 16 w + 2^23 rounded toward zero (no F2I).
+//  * A sign flip commutes with every rounding: INT4 signs flip the raw 16-bit input pairs.
 //  * float(q - z) == (2^23 + q) - (2^23 + z) (both exact, difference exact).
+//  * INT2 centroids are symmetric: c0 * f == -(c3 * f), c1 * f == -(c2 * f).
 #include "core/fast_divmod.h"
 #include "core/hadamard.h"
 #include "core/ops.h"

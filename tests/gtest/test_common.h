@@ -369,6 +369,9 @@ public:
         } else {
 #if PKVT_HAVE_CUDA
             PKVT_CUDA_CHECK(cudaMemcpy(p_ + off, src, bytes, cudaMemcpyHostToDevice));
+            // From pageable memory cudaMemcpy may return before the DMA has landed; kernels on a
+            // non-blocking stream are not ordered after it, so wait for it here.
+            PKVT_CUDA_CHECK(cudaDeviceSynchronize());
 #endif
         }
     }
