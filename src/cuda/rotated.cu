@@ -32,6 +32,7 @@
 #include "core/hadamard.h"
 #include "core/ops.h"
 #include "cuda/cuda_check.cuh"
+#include "cuda/pairs.cuh"
 
 namespace pkv {
 namespace {
@@ -136,53 +137,7 @@ template <int N> __device__ __forceinline__ void store_bytes(char *p, const Word
     for (int i = 0; i < N; ++i) reinterpret_cast<uint8_t *>(p)[i] = uint8_t(r.w[i / 4] >> (8 * (i % 4)));
 }
 
-// ---------------------------------------------------------------- 16-bit pairs
-// Word k of a row of 16-bit elements holds elements 2k (low half) and 2k + 1 (high half).
-template <Elem T> __device__ __forceinline__ float pair_lo(uint32_t w) {
-    if constexpr (T == Elem::BF16) return __uint_as_float(w << 16);
-    else return to_f32<T>(uint16_t(w));
-}
-template <Elem T> __device__ __forceinline__ float pair_hi(uint32_t w) {
-    if constexpr (T == Elem::BF16) return __uint_as_float(w & 0xffff0000u);
-    else return to_f32<T>(uint16_t(w >> 16));
-}
-
-// from_f32<T>(lo) | from_f32<T>(hi) << 16 in one conversion instruction (the same rounding,
-// NaN canonical).
-template <Elem T> __device__ __forceinline__ uint32_t pack_rn(float lo, float hi) {
-    uint32_t r;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    // cvt.rn.{bf16,f16}x2.f32 d, a, b puts a in the upper half; one register, no repacking.
-    if constexpr (T == Elem::BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-    r = uint32_t(from_f32<T>(lo)) | uint32_t(from_f32<T>(hi)) << 16;
-#endif
-    return r;
-}
-
-// Halfwise min / max of two pairs, NaN when either half is NaN; exact (subnormals kept).
-template <Elem T> __device__ __forceinline__ uint32_t pair_min_nan(uint32_t a, uint32_t b) {
-    uint32_t r;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (T == Elem::BF16) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    else asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-#else
-    r = pack_rn<T>(fminf(pair_lo<T>(a), pair_lo<T>(b)), fminf(pair_hi<T>(a), pair_hi<T>(b)));
-#endif
-    return r;
-}
-template <Elem T> __device__ __forceinline__ uint32_t pair_max_nan(uint32_t a, uint32_t b) {
-    uint32_t r;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (T == Elem::BF16) asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    else asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-#else
-    r = pack_rn<T>(fmaxf(pair_lo<T>(a), pair_lo<T>(b)), fmaxf(pair_hi<T>(a), pair_hi<T>(b)));
-#endif
-    return r;
-}
-
+// ---------------------------------------------------------------- INT4 signs on 16-bit pairs
 // A lane's INT4 sign mask (bit e: negate element e) spread for 16-bit pairs: bits 2k and 2k + 1
 // of each half at 2k and 2k + 16, so that one shift puts a pair's two signs on bits 15 and 31.
 struct PairSigns {
@@ -434,8 +389,8 @@ template <Elem In, int E> __device__ __forceinline__ void round_min_max(float (&
         uint32_t lo = pk[0], hi = pk[0];
 #pragma unroll
         for (int k = 1; k < K; ++k) {
-            lo = pair_min_nan<In>(lo, pk[k]);
-            hi = pair_max_nan<In>(hi, pk[k]);
+            lo = pair_extreme_nan<In, false>(lo, pk[k]);
+            hi = pair_extreme_nan<In, true>(hi, pk[k]);
         }
         mn = min_nan(pair_lo<In>(lo), pair_hi<In>(lo));
         mx = max_nan(pair_lo<In>(hi), pair_hi<In>(hi));

@@ -10,48 +10,35 @@ namespace pkv {
 
 bool cuda_available_in_build() { return true; }
 
-bool pdl_enabled() {
-    static const bool disabled = [] {
-        const char *e = std::getenv("PKV_DISABLE_PDL");
-        return e && *e && *e != '0';
-    }();
-    if (disabled) return false;
+// Attribute A of the current device, queried once per device (0 when it cannot be queried).
+template <cudaDeviceAttr A> int current_device_attribute() {
     constexpr int kMaxDevices = 64;
-    static std::atomic<int> major[kMaxDevices];  // 0 = not yet queried
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    int m = major[device].load(std::memory_order_relaxed);
-    if (m == 0) {
-        if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return false;
-        }
-        major[device].store(m, std::memory_order_relaxed);
-    }
-    return m >= 9;
-}
-
-int multiprocessor_count() {
-    constexpr int kMaxDevices = 64;
-    static std::atomic<int> count[kMaxDevices];  // 0 = not yet queried
+    static std::atomic<int> value[kMaxDevices];  // 0 = not yet queried
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
         (void)cudaGetLastError();
         return 0;
     }
-    int n = count[device].load(std::memory_order_relaxed);
-    if (n == 0) {
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    int v = value[device].load(std::memory_order_relaxed);
+    if (v == 0) {
+        if (cudaDeviceGetAttribute(&v, A, device) != cudaSuccess) {
             (void)cudaGetLastError();
             return 0;
         }
-        count[device].store(n, std::memory_order_relaxed);
+        value[device].store(v, std::memory_order_relaxed);
     }
-    return n;
+    return v;
 }
+
+bool pdl_enabled() {
+    static const bool disabled = [] {
+        const char *e = std::getenv("PKV_DISABLE_PDL");
+        return e && *e && *e != '0';
+    }();
+    return !disabled && current_device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
+}
+
+int multiprocessor_count() { return current_device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 int32_t cuda_device_count() {
     int n = 0;

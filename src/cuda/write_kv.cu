@@ -9,6 +9,7 @@
 #include "core/fast_divmod.h"
 #include "core/ops.h"
 #include "cuda/cuda_check.cuh"
+#include "cuda/pairs.cuh"
 
 namespace pkv {
 namespace {
@@ -42,15 +43,14 @@ template <typename T, int VEC> __device__ __forceinline__ Vec<T, VEC> elements(c
     return v;
 }
 
-// The elements of one input vector as floats; BF16 pairs straight from their word (a shift and
-// a mask each).
+// The elements of one input vector as floats; 16-bit pairs straight from their word.
 template <Elem In, int VEC>
 __device__ __forceinline__ void widen(const Raw<storage_t<In>, VEC> &in, float (&f)[VEC]) {
-    if constexpr (In == Elem::BF16 && VEC % 2 == 0) {
+    if constexpr (sizeof(storage_t<In>) == 2 && VEC % 2 == 0) {
 #pragma unroll
         for (int k = 0; k < VEC / 2; ++k) {
-            f[2 * k] = fmt::f32_from_bits(in.v[k] << 16);
-            f[2 * k + 1] = fmt::f32_from_bits(in.v[k] & 0xffff0000u);
+            f[2 * k] = pair_lo<In>(in.v[k]);
+            f[2 * k + 1] = pair_hi<In>(in.v[k]);
         }
     } else {
         const Vec<storage_t<In>, VEC> e = elements<storage_t<In>, VEC>(in);
