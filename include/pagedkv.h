@@ -459,6 +459,58 @@ PKV_API pkv_status pkv_gather_kv(const pkv_tensor *out_key, const pkv_tensor *ou
                                  const pkv_tensor *cu_seq_lens, const pkv_tensor *seq_starts,
                                  int64_t *out_of_range_count, pkv_stream stream);
 
+/* ---------------------------------------------------------------- raw caches: blocks, casts */
+
+/**
+ * Copy whole blocks inside caches the caller owns (vLLM copy_blocks semantics; for pool memory
+ * use pkv_pool_copy_blocks): in every cache, block pairs[i][1] receives block pairs[i][0].
+ *
+ * @param[in] caches     num_caches tensors, e.g. every layer's key and value cache. Each is
+ *                       [num_blocks, ...] of any dtype: dimension 0 indexes blocks with any
+ *                       stride of at least one block, the other dimensions are dense row-major
+ *                       (a block is one contiguous run of bytes, as in vLLM's layouts where a
+ *                       block of key_cache = kv_cache[:, 0] is [BS, H, D]). The caches may have
+ *                       different shapes and dtypes; all live on one device (CPU, pinned host or
+ *                       one CUDA device).
+ * @param num_caches     >= 0; 0 does nothing.
+ * @param[in] pairs      [P, 2] int32 or int64 (src, dst) block ids, contiguous, on the caches'
+ *                       device (read at run time: graph capturable). In each cache, ids outside
+ *                       [0, num_blocks) and pairs with src == dst are skipped. Pairs run in
+ *                       parallel: a block that is both a source and a destination gives an
+ *                       unspecified result (as in vLLM).
+ * @param stream         CUDA stream for CUDA caches (one launch per 256 caches, nothing
+ *                       allocated); host caches are copied synchronously.
+ * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL pointer, bad shape / stride / dtype,
+ *         overlapping blocks, device mismatch); PKV_ERROR_NOT_SUPPORTED (CUDA caches in a build
+ *         without CUDA); PKV_ERROR_CUDA (launch failure). Nothing is copied on error.
+ * Threading: reentrant; concurrent calls on disjoint blocks are safe.
+ */
+PKV_API pkv_status pkv_copy_blocks(const pkv_tensor *caches, int32_t num_caches, const pkv_tensor *pairs,
+                                   pkv_stream stream);
+
+/**
+ * Element-wise conversion dst = convert(src) between two tensors of the same shape (vLLM
+ * convert_fp8, and plain casts), with the cache formats' rounding rules:
+ *  - f32 / f16 / bf16 -> fp8_e4m3 / fp8_e5m2: sat_finite_rne(x / scale), bit-identical to an FP8
+ *    cache write (pkv_write_kv);
+ *  - fp8 -> f32 / f16 / bf16: float(q) * scale rounded to nearest even, as an FP8 gather;
+ *  - f32 / f16 / bf16 -> f32 / f16 / bf16: round to nearest even (scale not used);
+ *  - equal dtypes: the bits are copied (scale not used). fp8_e4m3 <-> fp8_e5m2 is refused.
+ * Packed caches held as uint8 are passed with the fp8 dtype they store.
+ *
+ * @param[out] dst  0 to 6 dimensions, f32 / f16 / bf16 / fp8, any non-negative strides, data
+ *                  aligned to the element size. dst may be src itself (same data, strides and
+ *                  element size); any other overlap gives an unspecified result.
+ * @param[in] src   the shape of dst, same rules.
+ * @param[in] scale one float32 on the tensors' device (read at run time), NULL = 1.0.
+ * @param stream    CUDA stream for CUDA tensors; host tensors are converted synchronously.
+ * @return PKV_SUCCESS; PKV_ERROR_INVALID_ARGUMENT (NULL tensor, shape / stride / dtype / device
+ *         mismatch, misaligned data); PKV_ERROR_NOT_SUPPORTED (e4m3 <-> e5m2, CUDA tensors in a
+ *         build without CUDA); PKV_ERROR_CUDA. Zero elements enqueue nothing.
+ * Threading: reentrant.
+ */
+PKV_API pkv_status pkv_convert(const pkv_tensor *dst, const pkv_tensor *src, const float *scale, pkv_stream stream);
+
 /* ================================================================ handles (pool, tables, slots)
  *
  * A pkv_pool owns the cache memory of a schema of layers on one device, in ONE allocation laid

@@ -1,5 +1,7 @@
-// pkv_pool_copy_blocks, pkv_pool_swap_blocks, pkv_pool_gather_blocks, pkv_pool_scatter_blocks:
+// pkv_copy_blocks, pkv_pool_copy_blocks, pkv_pool_swap_blocks, pkv_pool_gather_blocks, pkv_pool_scatter_blocks:
 // validate, resolve, dispatch by the pool's device.
+#include <vector>
+
 #include "api/error_state.h"
 #include "api/handle_checks.h"
 #include "api/validate.h"
@@ -21,8 +23,8 @@ void require_element_aligned(const char *name, const pkv_tensor *t) {
 
 const char *tier_name(pkv_tier t) { return t == PKV_TIER_HOST ? "host" : "device"; }
 
-void copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream) {
-    require(pool != nullptr, PKV_ERROR_INVALID_ARGUMENT, "pool is NULL");
+// pairs of copy_blocks: a contiguous [P, 2] int32 / int64 tensor on `device`; returns P.
+int64_t check_pairs(const pkv_tensor *pairs, pkv_device device) {
     require(pairs != nullptr, PKV_ERROR_INVALID_ARGUMENT, "pairs is NULL");
     require(pairs->ndim == 2, PKV_ERROR_INVALID_ARGUMENT, "pairs must be a 2-D tensor [P, 2], got ndim ",
             pairs->ndim);
@@ -36,15 +38,83 @@ void copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream) {
             "pairs must be contiguous (strides [2, 1]), got [", pairs->strides[0], ", ", pairs->strides[1], "]");
     require(count == 0 || pairs->data != nullptr, PKV_ERROR_INVALID_ARGUMENT, "pairs->data is NULL");
     require_element_aligned("pairs", pairs);
-    require_same_device("pairs", pairs->device, pool->device);
+    require_same_device("pairs", pairs->device, device);
+    return count;
+}
+
+void copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream) {
+    require(pool != nullptr, PKV_ERROR_INVALID_ARGUMENT, "pool is NULL");
+    const int64_t count = check_pairs(pairs, pool->device);
     require(count <= INT64_MAX / pool->layout.bytes_per_block, PKV_ERROR_INVALID_ARGUMENT, "pairs has ", count,
             " rows: the bytes to copy overflow int64");
     if (count == 0) return;
 
-    const FlatBlockCopy c = pair_copy(pool->device_base, pool->num_blocks, pool->layout.bytes_per_block,
-                                      pairs->data, pairs->dtype == PKV_DTYPE_INT64, count);
-    if (pool->is_cuda()) cuda_copy_blocks(c, stream);
-    else cpu_copy_blocks(c);
+    const int64_t bpb = pool->layout.bytes_per_block;
+    const CacheBlocks blocks{pool->device_base, bpb, pool->num_blocks, bpb};
+    CacheBlockCopy c;
+    c.caches = &blocks;
+    c.num_caches = 1;
+    set_pairs(c, pairs->data, pairs->dtype == PKV_DTYPE_INT64, count);
+    c.vec = cache_copy_vector_bytes(c);
+    if (pool->is_cuda()) cuda_copy_cache_blocks(c, stream);
+    else cpu_copy_cache_blocks(c);
+}
+
+// One raw cache of pkv_copy_blocks: [num_blocks, ...], dim 0 any stride >= one block (no two
+// blocks overlap), the other dims dense row-major. Every byte of it addressable in int64.
+CacheBlocks check_raw_cache(const pkv_tensor *t, int32_t index, pkv_device device) {
+    require(t->ndim >= 1 && t->ndim <= PKV_MAX_DIMS, PKV_ERROR_INVALID_ARGUMENT, "caches[", index,
+            "] must have 1 to ", PKV_MAX_DIMS, " dimensions, got ", t->ndim);
+    const size_t bits = pkv_dtype_size_bits(t->dtype);
+    require(bits >= 8, PKV_ERROR_INVALID_ARGUMENT, "caches[", index, "] has an unknown dtype ", int(t->dtype));
+    require_same_device("caches[i]", t->device, device);
+    const int64_t elem = int64_t(bits / 8);
+    int64_t block_elems = 1;
+    for (int d = t->ndim - 1; d >= 1; --d) {
+        require(t->shape[d] >= 0, PKV_ERROR_INVALID_ARGUMENT, "caches[", index, "] shape[", d, "] is negative");
+        require(t->shape[d] <= 1 || t->strides[d] == block_elems, PKV_ERROR_INVALID_ARGUMENT, "caches[", index,
+                "] must be dense row-major past dimension 0: strides[", d, "] is ", t->strides[d], ", expected ",
+                block_elems);
+        require(!__builtin_mul_overflow(block_elems, t->shape[d], &block_elems), PKV_ERROR_INVALID_ARGUMENT,
+                "caches[", index, "] block size overflows int64");
+    }
+    const int64_t num_blocks = t->shape[0];
+    require(num_blocks >= 0, PKV_ERROR_INVALID_ARGUMENT, "caches[", index, "] shape[0] is negative");
+    int64_t block_bytes = 0, stride_bytes = 0, last = 0;
+    require(!__builtin_mul_overflow(block_elems, elem, &block_bytes) &&
+                !__builtin_mul_overflow(t->strides[0], elem, &stride_bytes) &&
+                (num_blocks == 0 || !__builtin_mul_overflow(num_blocks - 1, stride_bytes, &last)) &&
+                !__builtin_add_overflow(last, block_bytes, &last),
+            PKV_ERROR_INVALID_ARGUMENT, "caches[", index, "] spans more than int64 bytes");
+    require(num_blocks <= 1 || t->strides[0] >= block_elems, PKV_ERROR_INVALID_ARGUMENT, "caches[", index,
+            "] strides[0] = ", t->strides[0], " is smaller than a block (", block_elems, " elements): blocks overlap");
+    require(num_blocks == 0 || block_bytes == 0 || t->data != nullptr, PKV_ERROR_INVALID_ARGUMENT, "caches[",
+            index, "]->data is NULL");
+    return CacheBlocks{static_cast<char *>(t->data), stride_bytes, num_blocks, block_bytes};
+}
+
+void copy_cache_blocks(const pkv_tensor *caches, int32_t num_caches, const pkv_tensor *pairs, pkv_stream stream) {
+    require(num_caches >= 0, PKV_ERROR_INVALID_ARGUMENT, "num_caches must be >= 0, got ", num_caches);
+    require(num_caches == 0 || caches != nullptr, PKV_ERROR_INVALID_ARGUMENT, "caches is NULL");
+    const pkv_device device = num_caches > 0 ? caches[0].device : (pairs ? pairs->device : pkv_device{});
+    const int64_t count = check_pairs(pairs, device);
+    require(is_host_device(device) || cuda_available_in_build(), PKV_ERROR_NOT_SUPPORTED, "the caches are on ",
+            device_string(device), " but this library was built without CUDA");
+    std::vector<CacheBlocks> blocks;
+    blocks.reserve(size_t(num_caches));
+    for (int32_t i = 0; i < num_caches; ++i) blocks.push_back(check_raw_cache(&caches[i], i, device));
+    for (const CacheBlocks &b : blocks)
+        require(b.bytes_per_block == 0 || count <= INT64_MAX / b.bytes_per_block, PKV_ERROR_INVALID_ARGUMENT,
+                "pairs has ", count, " rows: the bytes to copy overflow int64");
+    if (count == 0 || num_caches == 0) return;
+
+    CacheBlockCopy c;
+    c.caches = blocks.data();
+    c.num_caches = num_caches;
+    set_pairs(c, pairs->data, pairs->dtype == PKV_DTYPE_INT64, count);
+    c.vec = cache_copy_vector_bytes(c);
+    if (is_host_device(device)) cpu_copy_cache_blocks(c);
+    else cuda_copy_cache_blocks(c, stream);
 }
 
 void check_swap_ids(const pkv_pool &pool, const char *name, const int32_t *ids, int64_t n, pkv_tier tier) {
@@ -125,6 +195,11 @@ void transfer_blocks(const pkv_pool *pool, const pkv_tensor *block_ids, void *bu
 }  // namespace
 
 extern "C" {
+
+PKV_API pkv_status pkv_copy_blocks(const pkv_tensor *caches, int32_t num_caches, const pkv_tensor *pairs,
+                                   pkv_stream stream) {
+    return guarded("pkv_copy_blocks", [&] { copy_cache_blocks(caches, num_caches, pairs, stream); });
+}
 
 PKV_API pkv_status pkv_pool_copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream) {
     return guarded("pkv_pool_copy_blocks", [&] { copy_blocks(pool, pairs, stream); });

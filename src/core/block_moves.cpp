@@ -13,6 +13,15 @@ int flat_vector_bytes(const FlatBlockCopy &c) {
     return int(common_alignment({addr(c.src.base), addr(c.dst.base), uint64_t(c.bytes_per_block)}));
 }
 
+int cache_copy_vector_bytes(const CacheBlockCopy &c) {
+    uint64_t a = 16;
+    for (int64_t i = 0; i < c.num_caches; ++i) {
+        const CacheBlocks &b = c.caches[i];
+        a = common_alignment({a, addr(b.base), uint64_t(b.block_stride), uint64_t(b.bytes_per_block)});
+    }
+    return int(a);
+}
+
 int transfer_vector_bytes(const BlockTransfer &t) {
     if (t.order == PKV_BLOCK_ORDER_BLOCK_MAJOR)
         return int(common_alignment({addr(t.pool_base), addr(t.buffer), uint64_t(t.layout->bytes_per_block)}));

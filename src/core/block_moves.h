@@ -37,7 +37,7 @@ struct BlockSide {
     int64_t num_blocks = 0;
 };
 
-// copy_blocks and BLOCK_MAJOR gather / scatter: pair i copies bytes_per_block bytes from block
+// BLOCK_MAJOR gather / scatter: pair i copies bytes_per_block bytes from block
 // src.ids[i] to block dst.ids[i].
 struct FlatBlockCopy {
     BlockSide src, dst;
@@ -59,18 +59,45 @@ PKV_HD bool flat_pair_offsets(const FlatBlockCopy &c, int64_t i, int64_t &src_of
     return !(c.src.base == c.dst.base && s == d);
 }
 
-// copy_blocks: pairs [count, 2] (src, dst), contiguous, inside one tier at `base`.
-inline FlatBlockCopy pair_copy(char *base, int64_t num_blocks, int64_t bytes_per_block, const void *pairs,
-                               bool is_int64, int64_t count) {
+// copy_blocks (pkv_pool_copy_blocks, pkv_copy_blocks): every cache applies the same (src, dst)
+// pairs to its blocks. A cache is num_blocks blocks of bytes_per_block contiguous bytes,
+// block_stride bytes apart (a pool: one cache whose stride is its bytes_per_block).
+struct CacheBlocks {
+    char *base = nullptr;
+    int64_t block_stride = 0;     // bytes
+    int64_t num_blocks = 0;
+    int64_t bytes_per_block = 0;  // a multiple of the copy's vec
+};
+struct CacheBlockCopy {
+    const CacheBlocks *caches = nullptr;  // host array of num_caches
+    int64_t num_caches = 0;
+    BlockIds src, dst;  // pair i copies block src[i] to block dst[i] in every cache
+    int64_t count = 0;  // pairs, > 0
+    int vec = 1;        // bytes per access (cache_copy_vector_bytes)
+};
+
+// The pairs of a contiguous [count, 2] (src, dst) id tensor.
+inline void set_pairs(CacheBlockCopy &c, const void *pairs, bool is_int64, int64_t count) {
     const char *ids = static_cast<const char *>(pairs);
-    FlatBlockCopy c;
-    c.src = BlockSide{base, BlockIds{ids, is_int64, 2}, num_blocks};
-    c.dst = BlockSide{base, BlockIds{ids + (is_int64 ? 8 : 4), is_int64, 2}, num_blocks};
+    c.src = BlockIds{ids, is_int64, 2};
+    c.dst = BlockIds{ids + (is_int64 ? 8 : 4), is_int64, 2};
     c.count = count;
-    c.bytes_per_block = bytes_per_block;
-    c.vec = flat_vector_bytes(c);
-    return c;
 }
+
+// Widest access (bytes, power of two <= 16) keeping every address of every cache aligned.
+int cache_copy_vector_bytes(const CacheBlockCopy &c);
+
+// Byte offsets of a pair's blocks in one cache; false when the pair is skipped there: an id
+// outside [0, num_blocks), or a block copied onto itself.
+PKV_HD bool cache_pair_offsets(const CacheBlocks &c, int64_t s, int64_t d, int64_t &src_off, int64_t &dst_off) {
+    if (s < 0 || s >= c.num_blocks || d < 0 || d >= c.num_blocks || s == d) return false;
+    src_off = s * c.block_stride;
+    dst_off = d * c.block_stride;
+    return true;
+}
+
+// CUDA launches carry up to this many caches in their parameters; more take several launches.
+constexpr int64_t kMaxCachesPerLaunch = 256;
 
 // gather_blocks (to_buffer) / scatter_blocks between device-tier blocks and a contiguous buffer.
 struct BlockTransfer {
@@ -149,11 +176,13 @@ constexpr int64_t kMaxLayerMajorLayers = 448;
 
 // CPU backend (src/cpu/): synchronous.
 void cpu_copy_blocks(const FlatBlockCopy &c);
+void cpu_copy_cache_blocks(const CacheBlockCopy &c);
 void cpu_transfer_blocks(const BlockTransfer &t);
 void cpu_swap_blocks(const SwapArgs &a);
 
 // CUDA backend (src/cuda/; src/nocuda/ throws NOT_SUPPORTED): enqueued on `stream`.
 void cuda_copy_blocks(const FlatBlockCopy &c, pkv_stream stream);
+void cuda_copy_cache_blocks(const CacheBlockCopy &c, pkv_stream stream);
 void cuda_transfer_blocks(const BlockTransfer &t, pkv_stream stream);
 void cuda_swap_blocks(const SwapArgs &a, pkv_stream stream);
 

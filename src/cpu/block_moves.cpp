@@ -14,6 +14,18 @@ void cpu_copy_blocks(const FlatBlockCopy &c) {
     }
 }
 
+void cpu_copy_cache_blocks(const CacheBlockCopy &c) {
+    for (int64_t k = 0; k < c.num_caches; ++k) {
+        const CacheBlocks &b = c.caches[k];
+#pragma omp parallel for schedule(static) if (c.count > 4)
+        for (int64_t i = 0; i < c.count; ++i) {
+            int64_t src, dst;
+            if (!cache_pair_offsets(b, c.src[i], c.dst[i], src, dst)) continue;
+            std::memcpy(b.base + dst, b.base + src, size_t(b.bytes_per_block));
+        }
+    }
+}
+
 void cpu_transfer_blocks(const BlockTransfer &t) {
     if (t.order == PKV_BLOCK_ORDER_BLOCK_MAJOR) {
         cpu_copy_blocks(block_major_copy(t));

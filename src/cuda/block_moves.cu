@@ -1,6 +1,8 @@
 // CUDA block moves.
-//  - copy_blocks and BLOCK_MAJOR gather / scatter: one flat grid over (pair, vector of the
-//    block); each thread issues the loads of a few vectors before any store.
+//  - BLOCK_MAJOR gather / scatter: one flat grid over (pair, vector of the block); each thread
+//    issues the loads of a few vectors before any store.
+//  - copy_blocks: the same flat grid in x, the cache in y; the cache table rides in the kernel
+//    parameters (up to kMaxCachesPerLaunch caches a launch).
 //  - LAYER_MAJOR gather / scatter: blockIdx.y is the layer, a flat grid over (block, vector of
 //    the layer's K and V bytes) in x. The layer table rides in the kernel parameters (no device
 //    allocation, graph capturable).
@@ -83,6 +85,71 @@ template <int VEC, int U> __global__ void __launch_bounds__(kThreads) flat_copy_
         for (int i = 0; i < U; ++i)
             if (dst[i] >= 0) *reinterpret_cast<T *>(p.c.dst.base + dst[i]) = v[i];
     }
+}
+
+// ------------------------------------------------------------------ copy_blocks over caches
+struct CacheEntry {
+    char *base;
+    int64_t block_stride, num_blocks;
+    UnitSplit units;  // vectors per block
+};
+
+template <int N> struct CacheCopyLaunch {
+    BlockIds src, dst;
+    int64_t count;
+    CacheEntry caches[N];
+};
+static_assert(sizeof(CacheCopyLaunch<int(kMaxCachesPerLaunch)>) <= 32764, "cache table exceeds the parameter space");
+
+template <int VEC, int U, int N> __global__ void __launch_bounds__(kThreads) cache_copy_kernel(const CacheCopyLaunch<N> p) {
+    using T = typename Access<VEC>::T;
+    const CacheEntry &e = p.caches[blockIdx.y];  // uniform: read from the constant bank
+    const CacheBlocks c{e.base, e.block_stride, e.num_blocks, 0};
+    const int64_t total = p.count * e.units.per_item;
+    for (int64_t base = int64_t(blockIdx.x) * (kThreads * U) + threadIdx.x; base < total;
+         base += int64_t(gridDim.x) * (kThreads * U)) {
+        T v[U];
+        int64_t dst[U];
+#pragma unroll
+        for (int i = 0; i < U; ++i) {
+            const int64_t u = base + i * kThreads;
+            dst[i] = -1;
+            if (u >= total) continue;
+            int64_t pair, rest, s, d;
+            e.units.split(u, pair, rest);
+            if (!cache_pair_offsets(c, p.src[pair], p.dst[pair], s, d)) continue;
+            v[i] = *reinterpret_cast<const T *>(e.base + s + rest * VEC);
+            dst[i] = d + rest * VEC;
+        }
+#pragma unroll
+        for (int i = 0; i < U; ++i)
+            if (dst[i] >= 0) *reinterpret_cast<T *>(e.base + dst[i]) = v[i];
+    }
+}
+
+// Caches [first, first + n) of the copy, n <= N, in one launch.
+template <int N> void launch_cache_copy(const CacheBlockCopy &c, int64_t first, int64_t n, cudaStream_t stream) {
+    CacheCopyLaunch<N> p;
+    p.src = c.src;
+    p.dst = c.dst;
+    p.count = c.count;
+    int64_t max_units = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const CacheBlocks &b = c.caches[first + i];
+        const int64_t per_block = b.bytes_per_block / c.vec;
+        p.caches[i] = CacheEntry{b.base, b.block_stride, b.num_blocks, UnitSplit(per_block, c.count * per_block)};
+        if (c.count * per_block > max_units) max_units = c.count * per_block;
+    }
+    if (max_units == 0) return;  // only empty blocks
+    const bool large = max_units >= kLargeCallUnits;
+    const int64_t cap = kMaxGrid / n > 0 ? kMaxGrid / n : 1;
+    const dim3 grid(grid_for(max_units, large ? kUnroll : 1, cap), unsigned(n));
+    dispatch_vec(c.vec, [&](auto vec) {
+        constexpr int V = decltype(vec)::value;
+        if (large) cache_copy_kernel<V, kUnroll, N><<<grid, kThreads, 0, stream>>>(p);
+        else cache_copy_kernel<V, 1, N><<<grid, kThreads, 0, stream>>>(p);
+    });
+    cuda_check_launch("cache_copy_kernel");
 }
 
 // ------------------------------------------------------------------ layer-major transfers
@@ -174,6 +241,7 @@ template <int N> void launch_layer_major(const BlockTransfer &t, cudaStream_t st
 
 // Layer tables of up to this many layers use a small parameter block (cheaper launches).
 constexpr int kSmallLayerTable = 64;
+constexpr int kSmallCacheTable = 64;
 
 }  // namespace
 
@@ -192,6 +260,16 @@ void cuda_copy_blocks(const FlatBlockCopy &c, pkv_stream stream) {
         else flat_copy_kernel<V, 1><<<grid, kThreads, 0, s>>>(p);
     });
     cuda_check_launch("flat_copy_kernel");
+}
+
+void cuda_copy_cache_blocks(const CacheBlockCopy &c, pkv_stream stream) {
+    const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    for (int64_t first = 0; first < c.num_caches; first += kMaxCachesPerLaunch) {
+        const int64_t n = std::min(c.num_caches - first, kMaxCachesPerLaunch);
+        if (n == 1) launch_cache_copy<1>(c, first, n, s);
+        else if (n <= kSmallCacheTable) launch_cache_copy<kSmallCacheTable>(c, first, n, s);
+        else launch_cache_copy<int(kMaxCachesPerLaunch)>(c, first, n, s);
+    }
 }
 
 void cuda_transfer_blocks(const BlockTransfer &t, pkv_stream stream) {

@@ -10,6 +10,7 @@ namespace {
 }  // namespace
 
 void cuda_copy_blocks(const FlatBlockCopy &, pkv_stream) { absent(); }
+void cuda_copy_cache_blocks(const CacheBlockCopy &, pkv_stream) { absent(); }
 void cuda_transfer_blocks(const BlockTransfer &, pkv_stream) { absent(); }
 void cuda_swap_blocks(const SwapArgs &, pkv_stream) { absent(); }
 

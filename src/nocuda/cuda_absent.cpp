@@ -1,5 +1,6 @@
 // The CUDA backend of a build without CUDA. The api layer reports NOT_SUPPORTED before calling
 // these; they say the same if reached anyway.
+#include "core/convert.h"
 #include "core/error.h"
 #include "core/ops.h"
 
@@ -18,6 +19,7 @@ void cuda_write_rotated(const WriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_rotated(const GatherArgs &, pkv_stream) { absent(); }
 void cuda_write_ds_mla(const MlaWriteArgs &, pkv_stream) { absent(); }
 void cuda_gather_ds_mla(const GatherArgs &, pkv_stream) { absent(); }
+void cuda_convert(const ConvertArgs &, pkv_stream) { absent(); }
 int32_t cuda_device_count() { return 0; }
 void *cuda_alloc(pkv_device, size_t) { absent(); }
 void cuda_free(void *, pkv_device) { absent(); }
