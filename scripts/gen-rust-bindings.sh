@@ -13,8 +13,9 @@
 # everything named pkv_* / PKV_* (types, functions, macros), C enums as `#[repr(transparent)]`
 # newtypes (a value the crate does not know is still representable: no UB on new enum
 # values), size_t as usize, doc comments and layout tests kept, bindgen's own header comment
-# (its version) kept. The glibc aliases __int32_t etc. are left out: fixed-width integers map
-# to i32 / u64 / ... directly.
+# (its version) kept. Fixed-width integers map to i32 / u64 / ...; bindgen still emits the
+# glibc aliases (__int32_t, ...) they are defined with (blocklisting those makes bindgen drop
+# the Copy / Clone / Debug derives of every struct using them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -47,7 +48,6 @@ bindgen "$header" \
     --allowlist-function 'pkv_.*' \
     --allowlist-type 'pkv_.*' \
     --allowlist-var 'PKV_.*' \
-    --blocklist-type '__u?int(8|16|32|64)_t' \
     --newtype-enum 'pkv_.*' \
     --size_t-is-usize \
     --raw-line '// Generated from include/pagedkv.h by scripts/gen-rust-bindings.sh: do not edit.' \

@@ -13,6 +13,10 @@ pub const PKV_MAX_DIMS: u32 = 6;
 pub const PKV_CACHE_VIEW_ROTATED_DOMAIN: u32 = 1;
 pub const PKV_CACHE_VIEW_ROPE_F16: u32 = 2;
 pub const PKV_LAYER_K_ONLY: u32 = 1;
+pub type __int32_t = ::std::os::raw::c_int;
+pub type __uint32_t = ::std::os::raw::c_uint;
+pub type __int64_t = ::std::os::raw::c_long;
+pub type __uint64_t = ::std::os::raw::c_ulong;
 extern "C" {
     #[doc = " Runtime version of the loaded library, encoded as PKV_VERSION. Thread-safe."]
     pub fn pkv_version() -> u32;
@@ -149,6 +153,7 @@ impl pkv_device_type {
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct pkv_device_type(pub ::std::os::raw::c_uint);
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_device {
     pub type_: pkv_device_type,
     #[doc = "< CUDA ordinal; 0 for the CPU"]
@@ -211,6 +216,7 @@ pub type pkv_stream = *mut CUstream_st;
 #[doc = " A strided tensor view (DLPack-like, no ownership). Shape and strides are in elements."]
 #[doc = " Ops state which dimensions they need and which strides must be 1."]
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_tensor {
     pub data: *mut ::std::os::raw::c_void,
     pub dtype: pkv_dtype,
@@ -509,6 +515,7 @@ pub struct pkv_scale_mode(pub ::std::os::raw::c_uint);
 #[doc = " Rotation signs (INT4 only): +1.0f / -1.0f for each of the head_size elements, float32 on the"]
 #[doc = " cache's device; NULL = the library default (pkv_default_rotation_signs). K and V may differ."]
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_cache_view {
     #[doc = "< sizeof(pkv_cache_view)"]
     pub struct_size: usize,
@@ -1410,6 +1417,7 @@ impl pkv_tier {
 pub struct pkv_tier(pub ::std::os::raw::c_uint);
 #[doc = " One layer of a pool's schema."]
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_layer_spec {
     #[doc = "< sizeof(pkv_layer_spec)"]
     pub struct_size: usize,
@@ -1574,6 +1582,7 @@ fn bindgen_test_layout_pkv_layer_spec() {
     test_field_head_size_v();
 }
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_pool_params {
     #[doc = "< sizeof(pkv_pool_params)"]
     pub struct_size: usize,
@@ -1797,6 +1806,7 @@ extern "C" {
     ) -> pkv_status;
 }
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_pool_stats {
     #[doc = "< in: sizeof(pkv_pool_stats)"]
     pub struct_size: usize,
@@ -2098,6 +2108,7 @@ extern "C" {
     ) -> pkv_status;
 }
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_block_table_params {
     #[doc = "< sizeof(pkv_block_table_params)"]
     pub struct_size: usize,
@@ -2282,6 +2293,7 @@ extern "C" {
 }
 #[doc = " The device mirror: tensors at fixed device addresses, valid for the table's lifetime."]
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct pkv_batch_mirror {
     #[doc = "< in: sizeof(pkv_batch_mirror)"]
     pub struct_size: usize,
