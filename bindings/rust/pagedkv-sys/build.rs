@@ -83,17 +83,11 @@ fn from_env(major: u32, minor: u32) -> Option<Result<Found, String>> {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
                 if !dir.join("pagedkv.h").is_file() {
-                    return Err(format!(
-                        "PAGEDKV_INCLUDE_DIR={} holds no pagedkv.h",
-                        dir.display()
-                    ));
+                    return Err(format!("PAGEDKV_INCLUDE_DIR={} holds no pagedkv.h", dir.display()));
                 }
                 Some(dir)
             }
-            None => lib_dir
-                .parent()
-                .map(|prefix| prefix.join("include"))
-                .filter(|dir| dir.join("pagedkv.h").is_file()),
+            None => lib_dir.parent().map(|prefix| prefix.join("include")).filter(|dir| dir.join("pagedkv.h").is_file()),
         };
         if let Some(dir) = &include_dir {
             check_header_version(&dir.join("pagedkv.h"), major, minor)?;
@@ -117,8 +111,7 @@ fn has_library(dir: &Path) -> bool {
 /// The header's PKV_VERSION_MAJOR / MINOR must equal this crate's major.minor.
 fn check_header_version(header: &Path, major: u32, minor: u32) -> Result<(), String> {
     println!("cargo:rerun-if-changed={}", header.display());
-    let text = std::fs::read_to_string(header)
-        .map_err(|e| format!("cannot read {}: {e}", header.display()))?;
+    let text = std::fs::read_to_string(header).map_err(|e| format!("cannot read {}: {e}", header.display()))?;
     let define = |name: &str| -> Option<u32> {
         text.lines().find_map(|line| {
             let mut words = line.split_whitespace();
@@ -142,15 +135,10 @@ fn check_header_version(header: &Path, major: u32, minor: u32) -> Result<(), Str
 fn from_pkg_config(major: u32, minor: u32) -> Result<Found, String> {
     let program = env::var("PKG_CONFIG").ok().filter(|p| !p.is_empty());
     let program = program.as_deref().unwrap_or("pkg-config");
-    let range = [
-        format!("pagedkv >= {major}.{minor}.0"),
-        format!("pagedkv < {major}.{}.0", minor + 1),
-    ];
+    let range = [format!("pagedkv >= {major}.{minor}.0"), format!("pagedkv < {major}.{}.0", minor + 1)];
     let run = |args: &[&str]| -> Result<String, String> {
-        let output = Command::new(program)
-            .args(args)
-            .output()
-            .map_err(|e| format!("could not run `{program}`: {e}"))?;
+        let output =
+            Command::new(program).args(args).output().map_err(|e| format!("could not run `{program}`: {e}"))?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
         } else {

@@ -64,8 +64,8 @@ impl<'p> BlockTable<'p> {
         let mut raw = ptr::null_mut();
         // SAFETY: out-pointer and params are valid; the pool is live for 'p.
         check(unsafe { sys::pkv_block_table_create(&mut raw, pool.as_raw(), &raw_params) })?;
-        let raw = NonNull::new(raw)
-            .ok_or_else(|| Error::new(crate::Status::Internal, "pkv_block_table_create gave NULL"))?;
+        let raw =
+            NonNull::new(raw).ok_or_else(|| Error::new(crate::Status::Internal, "pkv_block_table_create gave NULL"))?;
         Ok(BlockTable { raw, _pool: PhantomData })
     }
 
@@ -134,19 +134,11 @@ impl<'p> BlockTable<'p> {
     pub fn blocks(&self, request: u64) -> Result<Vec<i32>> {
         let mut count = 0i64;
         // SAFETY: capacity 0: only the count is written.
-        check(unsafe {
-            sys::pkv_block_table_blocks(ptr::null_mut(), 0, &mut count, self.raw.as_ptr(), request)
-        })?;
+        check(unsafe { sys::pkv_block_table_blocks(ptr::null_mut(), 0, &mut count, self.raw.as_ptr(), request) })?;
         let mut ids = vec![0i32; count.max(0) as usize];
         // SAFETY: ids has room for `capacity` ids; at most that many are written.
         check(unsafe {
-            sys::pkv_block_table_blocks(
-                ids.as_mut_ptr(),
-                ids.len() as i64,
-                &mut count,
-                self.raw.as_ptr(),
-                request,
-            )
+            sys::pkv_block_table_blocks(ids.as_mut_ptr(), ids.len() as i64, &mut count, self.raw.as_ptr(), request)
         })?;
         ids.truncate(count.max(0) as usize);
         Ok(ids)

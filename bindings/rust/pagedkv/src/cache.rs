@@ -234,14 +234,7 @@ impl<'a> CacheView<'a> {
         // SAFETY: as write_kv; counter is one aligned i64 on the cache's device, borrowed
         // mutably for the call (host) or device memory (CUDA).
         check(unsafe {
-            sys::pkv_write_kv(
-                &self.raw,
-                key.as_raw(),
-                opt_raw(value),
-                slot_mapping.as_raw(),
-                counter,
-                stream.as_raw(),
-            )
+            sys::pkv_write_kv(&self.raw, key.as_raw(), opt_raw(value), slot_mapping.as_raw(), counter, stream.as_raw())
         })
     }
 
@@ -282,14 +275,7 @@ impl<'a> CacheView<'a> {
         let counter = self.counter(out_of_range.into())?;
         // SAFETY: as write_kv_counting.
         check(unsafe {
-            sys::pkv_write_mla(
-                &self.raw,
-                kv_c.as_raw(),
-                k_pe.as_raw(),
-                slot_mapping.as_raw(),
-                counter,
-                stream.as_raw(),
-            )
+            sys::pkv_write_mla(&self.raw, kv_c.as_raw(), k_pe.as_raw(), slot_mapping.as_raw(), counter, stream.as_raw())
         })
     }
 
@@ -595,10 +581,9 @@ impl<'a> CacheViewBuilder<'a> {
 
         // FP8 scales: one float, or one per head.
         let scales = if self.scale_mode == ScaleMode::PerHead { h as usize } else { 1 };
-        for (name, buffer, slot) in [
-            ("key_scale", &self.key_scale, &mut raw.k_scale),
-            ("value_scale", &self.value_scale, &mut raw.v_scale),
-        ] {
+        for (name, buffer, slot) in
+            [("key_scale", &self.key_scale, &mut raw.k_scale), ("value_scale", &self.value_scale, &mut raw.v_scale)]
+        {
             if let Some(b) = buffer {
                 b.require(&format!("CacheViewBuilder: {name}"), device, scales * 4, 4)?;
                 *slot = b.ptr.cast();

@@ -140,9 +140,7 @@ impl Error {
     fn last(raw: sys::pkv_status) -> Self {
         // SAFETY: never NULL; thread-local text valid until the next pkv call, copied here
         // before the next one.
-        let message = unsafe { CStr::from_ptr(sys::pkv_last_error_message()) }
-            .to_string_lossy()
-            .into_owned();
+        let message = unsafe { CStr::from_ptr(sys::pkv_last_error_message()) }.to_string_lossy().into_owned();
         let status = Status::try_from(raw).unwrap_or(Status::Internal);
         let cuda_error = if status == Status::Cuda {
             // SAFETY: no arguments; reads this thread's state.

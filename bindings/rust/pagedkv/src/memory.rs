@@ -135,15 +135,7 @@ fn same_memory(a: Device, b: Device) -> bool {
     if a.is_host() || b.is_host() { a.is_host() && b.is_host() } else { a == b }
 }
 
-fn require(
-    what: &str,
-    addr: usize,
-    have: usize,
-    on: Device,
-    device: Device,
-    bytes: usize,
-    align: usize,
-) -> Result<()> {
+fn require(what: &str, addr: usize, have: usize, on: Device, device: Device, bytes: usize, align: usize) -> Result<()> {
     if !same_memory(on, device) {
         return Err(Error::invalid(format!("{what} is on {on}, needs {device}")));
     }
@@ -158,12 +150,7 @@ fn require(
 
 impl<'a, T: Scalar> From<&'a [T]> for BufferRef<'a> {
     fn from(slice: &'a [T]) -> Self {
-        BufferRef {
-            ptr: slice.as_ptr().cast(),
-            bytes: size_of_val(slice),
-            device: Device::CPU,
-            _borrow: PhantomData,
-        }
+        BufferRef { ptr: slice.as_ptr().cast(), bytes: size_of_val(slice), device: Device::CPU, _borrow: PhantomData }
     }
 }
 

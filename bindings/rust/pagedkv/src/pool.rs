@@ -379,18 +379,14 @@ impl Pool {
     /// Adds one reference to each block.
     pub fn retain_blocks(&self, tier: Tier, ids: &[i32]) -> Result<()> {
         // SAFETY: ids is a live slice of its length.
-        check(unsafe {
-            sys::pkv_pool_retain_blocks(self.raw.as_ptr(), tier.raw(), ids.as_ptr(), ids.len() as i64)
-        })
+        check(unsafe { sys::pkv_pool_retain_blocks(self.raw.as_ptr(), tier.raw(), ids.as_ptr(), ids.len() as i64) })
     }
 
     /// Drops one reference from each block; a block is free again at zero. Ids that are not
     /// allocated: an error and nothing changes.
     pub fn release_blocks(&self, tier: Tier, ids: &[i32]) -> Result<()> {
         // SAFETY: ids is a live slice of its length.
-        check(unsafe {
-            sys::pkv_pool_release_blocks(self.raw.as_ptr(), tier.raw(), ids.as_ptr(), ids.len() as i64)
-        })
+        check(unsafe { sys::pkv_pool_release_blocks(self.raw.as_ptr(), tier.raw(), ids.as_ptr(), ids.len() as i64) })
     }
 
     /// The reference count of a block (0 = free).

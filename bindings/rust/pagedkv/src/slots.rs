@@ -48,8 +48,7 @@ impl<'p> Slots<'p> {
         let mut raw = ptr::null_mut();
         // SAFETY: out-pointer valid; the pool is live for 'p.
         check(unsafe { sys::pkv_slots_create(&mut raw, pool.as_raw(), max_requests) })?;
-        let raw =
-            NonNull::new(raw).ok_or_else(|| Error::new(crate::Status::Internal, "pkv_slots_create gave NULL"))?;
+        let raw = NonNull::new(raw).ok_or_else(|| Error::new(crate::Status::Internal, "pkv_slots_create gave NULL"))?;
         Ok(Slots { raw, device: pool.device(), max_requests, _borrows: PhantomData })
     }
 

@@ -13,7 +13,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::size_of;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check};
 use crate::memory::{BufferMut, BufferRef, NativeScalar, Scalar};
 use crate::sys;
 use crate::types::{DType, Device};
@@ -54,10 +54,7 @@ fn make_raw(
         }
     };
     if strides.len() != ndim {
-        return Err(Error::invalid(format!(
-            "{what}: {} strides for {ndim} dimensions",
-            strides.len()
-        )));
+        return Err(Error::invalid(format!("{what}: {} strides for {ndim} dimensions", strides.len())));
     }
     if let Some(&d) = shape.iter().find(|&&d| d < 0) {
         return Err(Error::invalid(format!("{what}: negative dimension {d} in shape {shape:?}")));
@@ -106,8 +103,7 @@ pub(crate) fn non_overlapping(shape: &[i64], strides: &[i64]) -> bool {
     if shape.contains(&0) {
         return true;
     }
-    let mut dims: Vec<(i64, i64)> =
-        shape.iter().zip(strides).filter(|&(&d, _)| d > 1).map(|(&d, &s)| (s, d)).collect();
+    let mut dims: Vec<(i64, i64)> = shape.iter().zip(strides).filter(|&(&d, _)| d > 1).map(|(&d, &s)| (s, d)).collect();
     dims.sort_unstable();
     let mut extent = 0i64; // max offset reached by the dimensions so far
     for (stride, size) in dims {
@@ -237,24 +233,12 @@ impl<'a> TensorRef<'a> {
 
     /// A view of borrowed memory (a host slice or a [`DeviceBuffer`](crate::DeviceBuffer)),
     /// contiguous when `strides` is None.
-    pub fn from_buffer(
-        buffer: BufferRef<'a>,
-        dtype: DType,
-        shape: &[i64],
-        strides: Option<&[i64]>,
-    ) -> Result<Self> {
+    pub fn from_buffer(buffer: BufferRef<'a>, dtype: DType, shape: &[i64], strides: Option<&[i64]>) -> Result<Self> {
         if buffer.ptr as usize % dtype.size_bytes().max(1) != 0 {
             return Err(Error::invalid(format!("TensorRef: data is not aligned to {dtype}")));
         }
-        let raw = make_raw(
-            "TensorRef",
-            buffer.ptr as *mut c_void,
-            Some(buffer.bytes),
-            buffer.device,
-            dtype,
-            shape,
-            strides,
-        )?;
+        let raw =
+            make_raw("TensorRef", buffer.ptr as *mut c_void, Some(buffer.bytes), buffer.device, dtype, shape, strides)?;
         Ok(TensorRef { raw, _borrow: PhantomData })
     }
 
@@ -286,6 +270,66 @@ impl<'a> TensorRef<'a> {
     }
 
     tensor_accessors!();
+
+    /// The elements in row-major order, copied to the host (for inspection and tests): any
+    /// strides for host memory, contiguous tensors only for CUDA memory (copied on the default
+    /// stream, then waited for). `T` has the dtype's size.
+    ///
+    /// ```
+    /// # use pagedkv::{DType, TensorRef};
+    /// let data = [1i32, 2, 3, 4, 5, 6];
+    /// let t = TensorRef::strided(&data, DType::I32, &[2, 2], &[3, 1])?;
+    /// assert_eq!(t.to_vec::<i32>()?, [1, 2, 4, 5]);
+    /// # Ok::<(), pagedkv::Error>(())
+    /// ```
+    pub fn to_vec<T: Scalar>(&self) -> Result<Vec<T>> {
+        check_elem::<T>("TensorRef::to_vec", self.dtype())?;
+        let n = usize::try_from(self.numel()).map_err(|_| Error::invalid("TensorRef::to_vec: too many elements"))?;
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return Ok(out);
+        }
+        let device = self.device();
+        if device.is_host() {
+            let base = self.raw.data as *const T;
+            let mut index = vec![0i64; self.ndim()];
+            for _ in 0..n {
+                let offset: i64 = index.iter().zip(self.strides()).map(|(i, s)| i * s).sum();
+                // SAFETY: the index lies inside the shape, so the element lies in the view's
+                // memory (checked by the safe constructors, promised by the unsafe ones), which
+                // is borrowed immutably for 'a and aligned to T (the dtype's size).
+                out.push(unsafe { base.offset(offset as isize).read() });
+                for d in (0..index.len()).rev() {
+                    index[d] += 1;
+                    if index[d] < self.shape()[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+            return Ok(out);
+        }
+        if self.strides() != contiguous_strides(self.shape()).as_slice() {
+            return Err(Error::invalid("TensorRef::to_vec: a device tensor must be contiguous"));
+        }
+        out.resize(n, T::default());
+        // SAFETY: the source holds n contiguous elements of device memory (the view's
+        // contract); out holds n host elements and every bit pattern is a valid T. The
+        // synchronization below completes the copy before out is read.
+        check(unsafe {
+            sys::pkv_copy(
+                out.as_mut_ptr().cast(),
+                Device::CPU.raw(),
+                self.raw.data,
+                self.raw.device,
+                n * size_of::<T>(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        // SAFETY: NULL is the default stream.
+        check(unsafe { sys::pkv_stream_synchronize(std::ptr::null_mut()) })?;
+        Ok(out)
+    }
 }
 
 /// A tensor an op writes: borrows its memory mutably for `'a`.
@@ -323,24 +367,11 @@ impl<'a> TensorMut<'a> {
 
     /// A view of mutably borrowed memory (a host slice or a
     /// [`DeviceBuffer`](crate::DeviceBuffer)), contiguous when `strides` is None.
-    pub fn from_buffer(
-        buffer: BufferMut<'a>,
-        dtype: DType,
-        shape: &[i64],
-        strides: Option<&[i64]>,
-    ) -> Result<Self> {
+    pub fn from_buffer(buffer: BufferMut<'a>, dtype: DType, shape: &[i64], strides: Option<&[i64]>) -> Result<Self> {
         if buffer.ptr as usize % dtype.size_bytes().max(1) != 0 {
             return Err(Error::invalid(format!("TensorMut: data is not aligned to {dtype}")));
         }
-        let raw = make_raw(
-            "TensorMut",
-            buffer.ptr.cast(),
-            Some(buffer.bytes),
-            buffer.device,
-            dtype,
-            shape,
-            strides,
-        )?;
+        let raw = make_raw("TensorMut", buffer.ptr.cast(), Some(buffer.bytes), buffer.device, dtype, shape, strides)?;
         let ndim = raw.ndim as usize;
         if !non_overlapping(&raw.shape[..ndim], &raw.strides[..ndim]) {
             return Err(Error::invalid(format!(
