@@ -73,6 +73,34 @@
 //! # Ok::<(), pagedkv::Error>(())
 //! ```
 //!
+//! # Pools and block tables
+//!
+//! An engine without its own block manager lets a [`Pool`] own the memory and a
+//! [`BlockTable`] hand out slots:
+//!
+//! ```
+//! use pagedkv::{BlockTableParams, CacheFormat, DType, LayerSpec, Pool, Stream, TensorRef, Tier};
+//!
+//! let pool = Pool::builder()
+//!     .block_size(16)
+//!     .num_blocks(1024)
+//!     .layer(LayerSpec::new(CacheFormat::BF16, 8, 128))
+//!     .build()?;
+//! let mut table = pool.block_table(BlockTableParams::default())?;
+//! table.add(1)?;
+//! let slots = table.append(1, 3, Stream::DEFAULT)?; // 3 new tokens of request 1 -> slots
+//!
+//! let (key, value) = (vec![0x3f80u16; 3 * 8 * 128], vec![0xbf80u16; 3 * 8 * 128]); // bf16 bits
+//! let cache = pool.layer_view(0, Tier::Device)?;
+//! cache.write_kv(
+//!     &TensorRef::with_dtype(&key, DType::BF16, &[3, 8, 128])?,
+//!     Some(&TensorRef::with_dtype(&value, DType::BF16, &[3, 8, 128])?),
+//!     &TensorRef::from_slice(&slots, &[3])?,
+//!     Stream::DEFAULT,
+//! )?;
+//! # Ok::<(), pagedkv::Error>(())
+//! ```
+//!
 //! # CUDA
 //!
 //! The same calls run on a GPU when the memory is on one: [`DeviceBuffer`]s of a CUDA
