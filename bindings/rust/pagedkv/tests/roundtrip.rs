@@ -432,3 +432,118 @@ fn references_of_known_values() {
         }
     }
 }
+
+#[test]
+fn fp8_ds_mla_entries() {
+    // K-only cache of 656-byte entries: 2 blocks x 2 slots; u32 memory for the 4-byte alignment.
+    let mut memory = vec![0u32; 2 * 2 * 656 / 4];
+    let mut rng = Rng::new(21);
+    let kv_c: Vec<u16> = rng.vec(2 * 512, -3.0, 3.0).iter().map(|&x| bf16_rne(x)).collect();
+    let k_pe: Vec<u16> = rng.vec(2 * 64, -1.0, 1.0).iter().map(|&x| bf16_rne(x)).collect();
+    let slots = [3i32, 0];
+    let mut out = vec![0f32; 2 * 576];
+    {
+        let cache = CacheView::builder(CacheFormat::FP8DsMla, 2, 2, 1, 576).key(&mut memory).build().unwrap();
+        cache
+            .write_mla(
+                &TensorRef::with_dtype(&kv_c, DType::BF16, &[2, 512]).unwrap(),
+                &TensorRef::with_dtype(&k_pe, DType::BF16, &[2, 64]).unwrap(),
+                &TensorRef::from_slice(&slots, &[2]).unwrap(),
+                Stream::DEFAULT,
+            )
+            .unwrap();
+        let (table, cu, starts) = ([1i32, 0], [0i32, 1, 2], [1i32, 0]);
+        cache
+            .gather_kv(
+                &mut TensorMut::from_slice(&mut out, &[2, 1, 576]).unwrap(),
+                None,
+                &TensorRef::from_slice(&table, &[2, 1]).unwrap(),
+                &TensorRef::from_slice(&cu, &[3]).unwrap(),
+                Some(&TensorRef::from_slice(&starts, &[2]).unwrap()),
+                Stream::DEFAULT,
+            )
+            .unwrap();
+    }
+    for t in 0..2 {
+        let entry = &memory[slots[t] as usize * 656 / 4..][..656 / 4];
+        for tile in 0..4 {
+            let xs: Vec<f32> = kv_c[t * 512 + tile * 128..][..128].iter().map(|&h| bf16_to_f32(h)).collect();
+            let amax = xs.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            let s = (amax / 448.0).max(f32::MIN_POSITIVE);
+            assert_eq!(f32::from_bits(entry[128 + tile]), s, "token {t} tile {tile} scale");
+            for (i, &x) in xs.iter().enumerate() {
+                let want = e4m3_to_f32(e4m3_rne_sat(x / s)) * s;
+                assert_eq!(out[t * 576 + tile * 128 + i], want, "token {t} latent {}", tile * 128 + i);
+            }
+        }
+        for i in 0..64 {
+            assert_eq!(out[t * 576 + 512 + i], bf16_to_f32(k_pe[t * 64 + i]), "token {t} rope {i}");
+        }
+    }
+}
+
+#[test]
+fn int4_rotation_signs_and_domains() {
+    // The same INT4 write with the library's default signs (NULL) and with
+    // pagedkv::default_rotation_signs passed explicitly gives the same bytes; a gather in the
+    // rotated domain differs from the original-domain one and is close to H * x.
+    let (nb, bs, h, d) = (2i64, 2i64, 1i64, 16i64);
+    let mut rng = Rng::new(8);
+    let key = rng.vec(d as usize, -1.0, 1.0);
+    let slots = [1i64];
+    let signs = pagedkv::default_rotation_signs(d as usize);
+    let run = |explicit: bool, rotated: bool| {
+        let mut k = vec![0u8; (nb * bs * h * d / 2) as usize];
+        let mut plane = vec![0f32; (nb * bs * h) as usize];
+        let mut out = vec![0f32; d as usize];
+        {
+            let mut builder =
+                CacheView::builder(CacheFormat::Int4PerTokenHead, nb, bs, h, d).key(&mut k).key_scale_plane(&mut plane);
+            if explicit {
+                builder = builder.key_rotation_signs(&signs[..]);
+            }
+            if rotated {
+                builder = builder.flags(pagedkv::CacheFlags::ROTATED_DOMAIN);
+            }
+            let cache = builder.build().unwrap();
+            cache
+                .write_kv(
+                    &TensorRef::from_slice(&key, &[1, h, d]).unwrap(),
+                    None,
+                    &TensorRef::from_slice(&slots, &[1]).unwrap(),
+                    Stream::DEFAULT,
+                )
+                .unwrap();
+            let (table, cu, starts) = ([0i32], [0i32, 1], [1i32]);
+            cache
+                .gather_kv(
+                    &mut TensorMut::from_slice(&mut out, &[1, h, d]).unwrap(),
+                    None,
+                    &TensorRef::from_slice(&table, &[1, 1]).unwrap(),
+                    &TensorRef::from_slice(&cu, &[2]).unwrap(),
+                    Some(&TensorRef::from_slice(&starts, &[1]).unwrap()),
+                    Stream::DEFAULT,
+                )
+                .unwrap();
+        }
+        (k, plane, out)
+    };
+    let (k_default, plane_default, original) = run(false, false);
+    let (k_explicit, plane_explicit, _) = run(true, false);
+    assert_eq!(k_default, k_explicit);
+    assert_eq!(plane_default, plane_explicit);
+    assert!(plane_default[1] > 0.0, "slot 1 has a scale");
+    // Original domain: within the INT4 step of the input.
+    let max_err = original.iter().zip(&key).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_err < 0.5, "max error {max_err}");
+    // Rotated domain: x' = H (signs * x), unnormalized Sylvester Hadamard.
+    let (_, _, rotated) = run(false, true);
+    let n = d as usize;
+    let rotated_ref: Vec<f32> = (0..n)
+        .map(|i| (0..n).map(|j| if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 } * signs[j] * key[j]).sum())
+        .collect();
+    let scale = rotated_ref.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    for (got, want) in rotated.iter().zip(&rotated_ref) {
+        assert!((got - want).abs() <= scale / 7.0, "rotated {got} vs {want}");
+    }
+}
