@@ -41,9 +41,12 @@ done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# No rustfmt inside bindgen (it would pick up any rustfmt.toml); one explicit pass instead.
+# No rustfmt inside bindgen (it would pick up any rustfmt.toml); one explicit pass instead. No
+# include-path detection: the result must not depend on whether a `clang` program is installed
+# (libclang's own resource directory has stddef.h; the header needs nothing else).
 bindgen "$header" \
     --no-rustfmt-bindings \
+    --no-include-path-detection \
     --rust-target 1.47 \
     --allowlist-function 'pkv_.*' \
     --allowlist-type 'pkv_.*' \
