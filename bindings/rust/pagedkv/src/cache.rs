@@ -69,12 +69,16 @@ pub struct CacheView<'a> {
     _borrow: PhantomData<&'a mut [u8]>,
 }
 
-/// A zeroed `pkv_cache_view` with its struct_size set.
+/// A zeroed `pkv_cache_view` with its struct_size set (`pkv_cache_view_init`).
 pub(crate) fn new_raw_view() -> sys::pkv_cache_view {
-    // SAFETY: all-zero is a valid pkv_cache_view (integers, NULL pointers, enum values 0).
-    let mut raw: sys::pkv_cache_view = unsafe { std::mem::zeroed() };
-    raw.struct_size = size_of::<sys::pkv_cache_view>();
-    raw
+    let mut raw = std::mem::MaybeUninit::<sys::pkv_cache_view>::zeroed();
+    // SAFETY: raw is writable memory of the size passed; the call zeroes it and sets
+    // struct_size, and cannot fail for a non-NULL pointer and the current size.
+    let status = unsafe { sys::pkv_cache_view_init(raw.as_mut_ptr(), size_of::<sys::pkv_cache_view>()) };
+    debug_assert_eq!(status, sys::pkv_status::PKV_SUCCESS, "pkv_cache_view_init");
+    // SAFETY: all-zero (plus struct_size) is a valid pkv_cache_view: integers, NULL
+    // pointers, enum values 0.
+    unsafe { raw.assume_init() }
 }
 
 impl<'a> CacheView<'a> {
