@@ -193,6 +193,7 @@ enum ArgFlags : unsigned {
     kRequired = 0,
     kOptional = 1u << 0, // None allowed
     kWritable = 1u << 1, // the call writes through it
+    kAnyDtype = 1u << 2, // only the data pointer and device are used (raw memory)
 };
 
 struct ManagedDeleter {
@@ -244,8 +245,8 @@ void fill_from_dltensor(const char *fn, TensorArg &a, const DLTensor &dl, uint64
     if (dl.ndim < 0 || dl.ndim > PKV_MAX_DIMS)
         fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, " has ", dl.ndim, " dimensions, at most ", PKV_MAX_DIMS,
                                             " are supported"));
-    pkv_dtype dtype;
-    if (!dtype_from_dlpack(dl.dtype, &dtype))
+    pkv_dtype dtype = PKV_DTYPE_UINT8;
+    if (!dtype_from_dlpack(dl.dtype, &dtype) && !(a.flags & kAnyDtype))
         fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, " has an unsupported dtype (DLPack code ",
                                             int(dl.dtype.code), ", ", int(dl.dtype.bits), " bits, ",
                                             int(dl.dtype.lanes), " lanes)"));
@@ -267,14 +268,16 @@ void fill_from_dltensor(const char *fn, TensorArg &a, const DLTensor &dl, uint64
 void fill_from_numpy(const char *fn, TensorArg &a) {
     auto arr = py::reinterpret_borrow<py::array>(a.obj);
     std::string why;
-    pkv_dtype dtype;
-    if (!dtype_from_numpy(arr.dtype(), &dtype, &why)) fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, ": ", why));
+    pkv_dtype dtype = PKV_DTYPE_UINT8;
+    int64_t item = 0;
+    if (dtype_from_numpy(arr.dtype(), &dtype, &why)) item = dtype_bytes(dtype);
+    else if (a.flags & kAnyDtype) item = int64_t(arr.itemsize());
+    else fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, ": ", why));
     if (arr.ndim() > PKV_MAX_DIMS)
         fail(PKV_ERROR_INVALID_ARGUMENT,
              cat(fn, ": ", a.name, " has ", arr.ndim(), " dimensions, at most ", PKV_MAX_DIMS, " are supported"));
     if ((a.flags & kWritable) && !arr.writeable())
         fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, " is read-only but the call writes into it"));
-    const int64_t item = dtype_bytes(dtype);
     a.t.data = const_cast<void *>(arr.data());
     a.t.dtype = dtype;
     a.t.device = {PKV_DEVICE_CPU, 0};
@@ -297,8 +300,8 @@ void fill_from_numpy(const char *fn, TensorArg &a) {
 // __cuda_array_interface__ / __array_interface__ dictionaries.
 void fill_from_interface(const char *fn, TensorArg &a, const py::dict &d, bool cuda) {
     const std::string typestr = py::cast<std::string>(d["typestr"]);
-    pkv_dtype dtype;
-    if (!dtype_from_typestr(typestr, &dtype))
+    pkv_dtype dtype = PKV_DTYPE_UINT8;
+    if (!dtype_from_typestr(typestr, &dtype) && !(a.flags & kAnyDtype))
         fail(PKV_ERROR_INVALID_ARGUMENT, cat(fn, ": ", a.name, " has unsupported typestr '", typestr, "'"));
     auto shape = py::cast<py::tuple>(d["shape"]);
     if (shape.size() > size_t(PKV_MAX_DIMS))
@@ -1700,7 +1703,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("slots_release", [](uintptr_t h, int32_t slot) { check(pkv_slots_release(as_handle<pkv_slots>(h, "Slots"), slot)); });
     m.def("tensor_data_ptr", [](py::object obj) {
         Call call("pagedkv.tensor_data_ptr");
-        TensorArg &a = call.add("tensor", obj);
+        TensorArg &a = call.add("tensor", obj, kAnyDtype);
         call.resolve(py::none(), true);
         return py::make_tuple(reinterpret_cast<uintptr_t>(a.t.data), int(a.t.device.type), a.t.device.id);
     });
