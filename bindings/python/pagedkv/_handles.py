@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, List, Optional, Sequence, Union
+from typing import Any, Iterable, List, Sequence, Union
 
 import numpy as np
 
 from . import _C
 from ._core import CacheView, Device, Stream, Tensor
-from ._enums import BlockOrder, CacheFormat, DeviceType, HeadLayout, ScaleMode, Status, Tier
+from ._enums import BlockOrder, CacheFormat, HeadLayout, ScaleMode, Status, Tier
 from ._errors import PagedKVError
 
 __all__ = ["LayerSpec", "PoolStats", "BatchMirror", "Pool", "BlockTable", "Slots"]

@@ -266,8 +266,13 @@ def swap_blocks(src: Tensor, dst: Tensor, block_size_in_bytes: Any, block_mappin
     stride. Ids are checked against both tensors before anything is copied."""
     if block_mapping is None:  # older vLLM: swap_blocks(src, dst, block_mapping)
         block_mapping = block_size_in_bytes
-        d = _C.describe(src)
-        block_size_in_bytes = d["strides"][0] * DType(d["dtype"]).itemsize
+        if hasattr(src, "element_size"):  # torch (also while tracing)
+            block_size_in_bytes = src.stride(0) * src.element_size()
+        elif hasattr(src, "strides") and isinstance(src.strides[0], int):  # NumPy / CuPy: bytes
+            block_size_in_bytes = src.strides[0]
+        else:
+            d = _C.describe(src)
+            block_size_in_bytes = d["strides"][0] * DType(d["dtype"]).itemsize
     if _is_compiling():
         return _ops().swap_blocks(src, dst, int(block_size_in_bytes), block_mapping)
     _C.swap_blocks(src, dst, int(block_size_in_bytes), block_mapping, None)
@@ -297,4 +302,6 @@ def convert_fp8(output: Tensor, input: Tensor, scale: float = 1.0, kv_dtype: str
 
 
 if _torch is not None:
-    from . import torch as _pkv_torch  # noqa: E402,F401  (registers torch.ops.pagedkv.*)
+    import importlib
+
+    importlib.import_module(__package__ + ".torch")  # registers torch.ops.pagedkv.*

@@ -503,7 +503,7 @@ public:
     DeviceGuard() = default;
     void enter(const TensorArg &a) {
         if (cuda_device_count_cached() <= 1) return;
-        const std::string mod = a.api != nullptr ? std::string("torch") : type_module(a.obj);
+        const std::string mod = type_module(a.obj);
         if (mod == "torch") {
             py::object torch_cuda = py::module_::import("torch").attr("cuda");
             if (py::cast<int>(torch_cuda.attr("current_device")()) == a.t.device.id) return;

@@ -1,4 +1,5 @@
 """Package basics: version, build info, enums against the header, errors, tensor conversion."""
+import os
 import pickle
 import re
 
@@ -19,6 +20,8 @@ def test_version_and_build_info():
     assert info["version"] == pagedkv.__version__
     assert "cuda" in info and "cuda_archs" in info
     assert pagedkv.library_path().split("/")[-1].startswith("libpagedkv.so")
+    # the package's own copy is loaded (RPATH $ORIGIN wins over LD_LIBRARY_PATH)
+    assert os.path.dirname(pagedkv.library_path()) == os.path.dirname(os.path.realpath(_C.__file__))
     assert pagedkv.cuda_device_count() >= 0
 
 

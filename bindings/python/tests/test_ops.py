@@ -5,7 +5,7 @@ import pytest
 import pagedkv
 from pagedkv import CacheFormat, CacheView
 
-from conftest import (bf16, e4m3, e5m2, fp8_codes, fp8_values, needs_ml_dtypes, poison, randn, ref_write,
+from conftest import (bf16, e4m3, fp8_codes, fp8_values, needs_ml_dtypes, poison, randn, ref_write,
                       slots_from)
 
 pytestmark = needs_ml_dtypes

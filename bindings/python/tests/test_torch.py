@@ -1,6 +1,5 @@
 """PyTorch integration: torch.library custom ops (opcheck), torch.compile(fullgraph=True) equal to
 eager, streams (explicit and the current PyTorch stream), __cuda_array_interface__, CuPy."""
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -21,14 +21,16 @@ def _kind(kv_cache_dtype):
     return "e5m2" if kv_cache_dtype == "fp8_e5m2" else "e4m3"
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8", "fp8_e5m2"])
+# (kv_cache_dtype, scale_type): per-head scales only matter for fp8
+_CACHE_MODES = [("auto", "tensor"), ("fp8", "tensor"), ("fp8", "attn_head"), ("fp8_e5m2", "tensor"),
+                ("fp8_e5m2", "attn_head")]
+
+
+@pytest.mark.parametrize("kv_cache_dtype, scale_type", _CACHE_MODES)
 @pytest.mark.parametrize("layout", ["NHD", "HND", "interleaved"])
 @pytest.mark.parametrize("head_size", [64, 80])
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
-@pytest.mark.parametrize("scale_type", ["tensor", "attn_head"])
 def test_reshape_and_cache_flash(backend, rng, kv_cache_dtype, layout, head_size, dtype, scale_type):
-    if kv_cache_dtype == "auto" and scale_type == "attn_head":
-        pytest.skip("scales are unused by 'auto'")
     dt = _dt(dtype)
     fp8 = kv_cache_dtype != "auto"
     cdt = np.dtype(np.uint8) if fp8 else dt
