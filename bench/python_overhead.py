@@ -128,12 +128,15 @@ def build_c_helper(workdir):
     return exe, None
 
 
+REPEATS = 7  # best of: the machine may be shared
+
+
 def timeit(fn, iters, sync):
     for _ in range(200):
         fn()
     sync()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(REPEATS):
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
@@ -161,13 +164,17 @@ def main():
         if exe is None:
             print("C helper not built:", err, file=sys.stderr)
         else:
-            out = subprocess.run([exe, args.device, str(args.iters), str(T), str(H), str(D), str(NB)],
-                                 capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-            if out.returncode != 0:
-                print("C helper failed:", out.stderr, file=sys.stderr)
-            else:
+            best = None
+            for _ in range(REPEATS):
+                out = subprocess.run([exe, args.device, str(args.iters), str(T), str(H), str(D), str(NB)],
+                                     capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                if out.returncode != 0:
+                    print("C helper failed:", out.stderr, file=sys.stderr)
+                    break
                 w, g = map(float, out.stdout.split())
-                rows.append(("C (direct pkv_* calls)", "raw pointers", w, g))
+                best = (w, g) if best is None else (min(best[0], w), min(best[1], g))
+            if best is not None:
+                rows.append(("C (direct pkv_* calls)", "raw pointers", best[0], best[1]))
 
     try:
         import torch
@@ -219,7 +226,7 @@ def main():
                 torch.arange(NB, dtype=torch.int32, device=dev).reshape(1, NB),
                 torch.tensor([0, T], dtype=torch.int32, device=dev), z(T, H, D), torch.ones(1, device=dev), sync)
 
-    import pagedkv.vllm as pv
+    from pagedkv import vllm as pv
 
     libs = (["numpy"] if args.device == "cpu" else []) + (["torch"] if torch is not None else [])
     for name in libs:
@@ -232,7 +239,7 @@ def main():
         w = timeit(lambda: pv.reshape_and_cache_flash(key, val, kc, vc, sl, "auto", one, one), args.iters, sync)
         rows.append(("pagedkv.vllm.reshape_and_cache_flash", label, w, float("nan")))
         if name == "torch":
-            import pagedkv.torch  # noqa: F401
+            __import__("pagedkv.torch")
 
             op = torch.ops.pagedkv.reshape_and_cache_flash
             w = timeit(lambda: op(key, val, kc, vc, sl, "auto", one, one), args.iters, sync)
@@ -252,7 +259,7 @@ def main():
         f"library: {pagedkv.build_info()}; python {platform.python_version()}, numpy {np.__version__}, "
         f"torch {getattr(torch, '__version__', 'n/a')}",
         f"shape: T={T} tokens, {H} heads x {D}, bf16 NHD cache of {NB} blocks x {BS}; {args.iters} calls, "
-        "best of 3; OMP_NUM_THREADS=1",
+        f"best of {REPEATS}; OMP_NUM_THREADS=1",
         "",
         "| path | tensors | write µs/call | overhead vs C | gather µs/call | overhead vs C |",
         "|---|---|--:|--:|--:|--:|",

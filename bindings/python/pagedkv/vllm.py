@@ -54,7 +54,6 @@ __all__ = [
 Tensor = Any
 
 _KIND_BSHD, _KIND_LEGACY5D, _KIND_MLA = 0, 1, 2
-_NHD = (0, 1, 2, 3)
 _AUTO = 0  # CacheFormat unset: the plain format of the cache tensor's dtype
 
 # kv_cache_dtype -> cache format (vLLM's get_fp8_kv_cache_data_type and KVQuantMode names).
@@ -94,18 +93,15 @@ def _ops() -> Any:
 # ---------------------------------------------------------------------------------- writes
 
 
-def _flash_view(key_cache: Tensor, value_cache: Tensor, fmt: int, k_scale: Any, v_scale: Any, key: Tensor,
-                value: Tensor) -> Any:
-    """The cache view of 4-D [NB, BS, H, D] K/V caches; `key` / `value` (rows) give the head
-    sizes of the per-token-head formats (their rows carry an inline scale)."""
+def _flash_args(fmt: int, k_scale: Any, v_scale: Any, key: Tensor, value: Tensor) -> tuple:
+    """(k_scale, v_scale, head_size_k, head_size_v, inline_scales) for the view of 4-D
+    [NB, BS, H, D] caches: scales only for FP8; the per-token-head formats take their head sizes
+    from the rows (`key` / `value`) and find their inline scales."""
     if fmt in _PER_TOKEN_HEAD:
-        return _C.view_from_tensors(key_cache, value_cache, fmt, _KIND_BSHD, _NHD, None, None, -1,
-                                    int(key.shape[-1]), int(value.shape[-1]), None, None, -1, None, None, 0)
+        return None, None, int(key.shape[-1]), int(value.shape[-1]), -1
     if fmt in _FP8_FORMATS:
-        return _C.view_from_tensors(key_cache, value_cache, fmt, _KIND_BSHD, _NHD, k_scale, v_scale, -1, 0, 0,
-                                    None, None, 0, None, None, 0)
-    return _C.view_from_tensors(key_cache, value_cache, fmt, _KIND_BSHD, _NHD, None, None, -1, 0, 0,
-                                None, None, 0, None, None, 0)
+        return k_scale, v_scale, 0, 0, 0
+    return None, None, 0, 0, 0
 
 
 def reshape_and_cache_flash(
@@ -132,8 +128,8 @@ def reshape_and_cache_flash(
         return _ops().reshape_and_cache_flash(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype,
                                               k_scale, v_scale)
     fmt = _format(kv_cache_dtype, "reshape_and_cache_flash")
-    view = _flash_view(key_cache, value_cache, fmt, k_scale, v_scale, key, value)
-    _C.write_kv(view, key, value, slot_mapping, None, None)
+    ks, vs, hk, hv, inline = _flash_args(fmt, k_scale, v_scale, key, value)
+    _C.write_cache(key, value, key_cache, value_cache, slot_mapping, fmt, _KIND_BSHD, ks, vs, hk, hv, inline, 0)
 
 
 def reshape_and_cache(
@@ -154,9 +150,8 @@ def reshape_and_cache(
                                         k_scale, v_scale)
     fmt = _format(kv_cache_dtype, "reshape_and_cache")
     fp8 = fmt in _FP8_FORMATS
-    view = _C.view_from_tensors(key_cache, value_cache, fmt, _KIND_LEGACY5D, _NHD, k_scale if fp8 else None,
-                                v_scale if fp8 else None, -1, 0, 0, None, None, 0, None, None, 0)
-    _C.write_kv(view, key, value, slot_mapping, None, None)
+    _C.write_cache(key, value, key_cache, value_cache, slot_mapping, fmt, _KIND_LEGACY5D, k_scale if fp8 else None,
+                   v_scale if fp8 else None, 0, 0, 0, 0)
 
 
 def _mla_format(kv_cache_dtype: str, k_pe: Tensor, op: str) -> "tuple[int, int]":
@@ -184,9 +179,8 @@ def concat_and_cache_mla(
     if _is_compiling():
         return _ops().concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, kv_cache_dtype, scale)
     fmt, flags = _mla_format(kv_cache_dtype, k_pe, "concat_and_cache_mla")
-    view = _C.view_from_tensors(kv_cache, None, fmt, _KIND_MLA, _NHD, scale if fmt in _FP8_FORMATS else None, None,
-                                -1, 0, 0, None, None, 0, None, None, flags)
-    _C.write_mla(view, kv_c, k_pe, slot_mapping, None, None)
+    _C.write_cache(kv_c, k_pe, kv_cache, None, slot_mapping, fmt, _KIND_MLA, scale if fmt in _FP8_FORMATS else None,
+                   None, 0, 0, 0, flags)
 
 
 # ---------------------------------------------------------------------------------- gather
@@ -232,9 +226,8 @@ def gather_and_maybe_dequant_cache(
             flags = _C.CACHE_VIEW_ROPE_F16
     else:
         fmt, flags = _format(kv_cache_dtype, "gather_and_maybe_dequant_cache"), 0
-    view = _C.view_from_tensors(src_cache, None, fmt, _KIND_MLA, _NHD, scale if fmt in _FP8_FORMATS else None, None,
-                                -1, 0, 0, None, None, 0, None, None, flags)
-    _C.gather_kv(out, None, view, block_table, cu_seq_lens, seq_starts, None, None)
+    _C.gather_cache(out, None, src_cache, None, block_table, cu_seq_lens, seq_starts, fmt, _KIND_MLA,
+                    scale if fmt in _FP8_FORMATS else None, None, 0, 0, 0, flags)
 
 
 # ---------------------------------------------------------------------------------- blocks

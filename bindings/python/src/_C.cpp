@@ -779,21 +779,47 @@ void set_scale_plane(const char *fn, TensorArg &a, const std::array<int, 4> &per
 
 // format 0: the plain format of key_cache's dtype. inline_scales_arg -1: per-token-head rows
 // carry their scale inline when a row is 4 bytes longer than the codes of head_size_k.
-CacheView view_from_tensors(py::object k_cache, py::object v_cache, int format, int kind, std::array<int, 4> perm,
-                            py::object k_scale, py::object v_scale, int scale_mode, int64_t head_size_k,
-                            int64_t head_size_v, py::object k_scale_plane, py::object v_scale_plane, int inline_scales_arg,
-                            py::object k_signs, py::object v_signs, uint32_t flags) {
-    const char *fn = "pagedkv.CacheView.from_tensors";
-    Call call(fn);
-    TensorArg &k = call.add("key_cache", k_cache, kWritable);
-    TensorArg &v = call.add("value_cache", v_cache, kWritable | kOptional);
-    TensorArg &ks = call.add("k_scale", k_scale, kOptional);
-    TensorArg &vs = call.add("v_scale", v_scale, kOptional);
-    TensorArg &kp = call.add("k_scale_plane", k_scale_plane, kOptional | kWritable);
-    TensorArg &vp = call.add("v_scale_plane", v_scale_plane, kOptional | kWritable);
-    TensorArg &ksg = call.add("k_rotation_signs", k_signs, kOptional);
-    TensorArg &vsg = call.add("v_rotation_signs", v_signs, kOptional);
-    call.resolve(py::none(), /*no_sync=*/true);
+// The tensors a cache view is built from (added to a Call; absent ones are not `present`).
+struct ViewTensors {
+    TensorArg *k, *v, *ks, *vs, *kp, *vp, *ksg, *vsg;
+};
+
+// How to read the tensors: the cache format, the tensor kind and dimension order, scales, sizes.
+struct ViewSpec {
+    int format = 0;
+    int kind = 0;
+    std::array<int, 4> perm{0, 1, 2, 3};
+    int scale_mode = -1;
+    int64_t head_size_k = 0, head_size_v = 0;
+    int inline_scales = 0;
+    uint32_t flags = 0;
+};
+
+ViewTensors add_view_tensors(Call &call, py::handle k_cache, py::handle v_cache, py::handle k_scale, py::handle v_scale,
+                             py::handle k_scale_plane, py::handle v_scale_plane, py::handle k_signs, py::handle v_signs) {
+    ViewTensors t{};
+    t.k = &call.add("key_cache", k_cache, kWritable);
+    t.v = &call.add("value_cache", v_cache, kWritable | kOptional);
+    t.ks = &call.add("k_scale", k_scale, kOptional);
+    t.vs = &call.add("v_scale", v_scale, kOptional);
+    t.kp = &call.add("k_scale_plane", k_scale_plane, kOptional | kWritable);
+    t.vp = &call.add("v_scale_plane", v_scale_plane, kOptional | kWritable);
+    t.ksg = &call.add("k_rotation_signs", k_signs, kOptional);
+    t.vsg = &call.add("v_rotation_signs", v_signs, kOptional);
+    return t;
+}
+
+// Fill `cv` from converted tensors (Call::resolve done).
+void fill_view(const char *fn, pkv_cache_view &cv, const ViewTensors &vt, const ViewSpec &spec) {
+    TensorArg &k = *vt.k, &v = *vt.v, &ks = *vt.ks, &vs = *vt.vs, &kp = *vt.kp, &vp = *vt.vp, &ksg = *vt.ksg,
+              &vsg = *vt.vsg;
+    int format = spec.format;
+    const int kind = spec.kind;
+    const std::array<int, 4> &perm = spec.perm;
+    const int scale_mode = spec.scale_mode;
+    const int64_t head_size_k = spec.head_size_k, head_size_v = spec.head_size_v;
+    const int inline_scales_arg = spec.inline_scales;
+    const uint32_t flags = spec.flags;
 
     if (format == PKV_CACHE_FORMAT_UNSET) {
         switch (k.t.dtype) {
@@ -816,8 +842,6 @@ CacheView view_from_tensors(py::object k_cache, py::object v_cache, int format, 
             inline_scales = k.t.shape[k.t.ndim - 1] * dtype_bytes(k.t.dtype) == row_code_bytes(format, head_size_k) + 4;
     }
 
-    CacheView out;
-    pkv_cache_view &cv = out.v;
     cv.format = pkv_cache_format(format);
     cv.flags = flags;
     cv.device = k.t.device;
@@ -906,7 +930,34 @@ CacheView view_from_tensors(py::object k_cache, py::object v_cache, int format, 
     }
     cv.k_rotation_signs = float_vector_ptr(fn, ksg, cv.head_size_k, "one sign per element");
     cv.v_rotation_signs = float_vector_ptr(fn, vsg, cv.head_size_v ? cv.head_size_v : cv.head_size_k, "one sign per element");
+}
 
+ViewSpec make_spec(int format, int kind, std::array<int, 4> perm, int scale_mode, int64_t head_size_k,
+                   int64_t head_size_v, int inline_scales, uint32_t flags) {
+    ViewSpec s;
+    s.format = format;
+    s.kind = kind;
+    s.perm = perm;
+    s.scale_mode = scale_mode;
+    s.head_size_k = head_size_k;
+    s.head_size_v = head_size_v;
+    s.inline_scales = inline_scales;
+    s.flags = flags;
+    return s;
+}
+
+// A CacheView over tensors, which it keeps referenced.
+CacheView view_from_tensors(py::object k_cache, py::object v_cache, int format, int kind, std::array<int, 4> perm,
+                            py::object k_scale, py::object v_scale, int scale_mode, int64_t head_size_k,
+                            int64_t head_size_v, py::object k_scale_plane, py::object v_scale_plane, int inline_scales,
+                            py::object k_signs, py::object v_signs, uint32_t flags) {
+    const char *fn = "pagedkv.CacheView.from_tensors";
+    Call call(fn);
+    ViewTensors vt = add_view_tensors(call, k_cache, v_cache, k_scale, v_scale, k_scale_plane, v_scale_plane, k_signs,
+                                      v_signs);
+    call.resolve(py::none(), /*no_sync=*/true);
+    CacheView out;
+    fill_view(fn, out.v, vt, make_spec(format, kind, perm, scale_mode, head_size_k, head_size_v, inline_scales, flags));
     for (py::handle o : {k_cache, v_cache, k_scale, v_scale, k_scale_plane, v_scale_plane, k_signs, v_signs})
         if (!o.is_none()) out.keepalive.append(o);
     return out;
@@ -1132,6 +1183,63 @@ uintptr_t resolve_stream(py::object like, py::object stream) {
     if (!like.is_none()) call.add("tensor", like);
     call.resolve(stream);
     return reinterpret_cast<uintptr_t>(call.stream());
+}
+
+// ------------------------------------------------------------------------------------ fused
+// One call that builds the view of raw cache tensors and runs the op (the vLLM drop-ins: the
+// view changes with every call's tensors, so it is not kept).
+
+const std::array<int, 4> kNHD{0, 1, 2, 3};
+
+void write_cache(py::object key, py::object value, py::object k_cache, py::object v_cache, py::object slot_mapping,
+                 int format, int kind, py::object k_scale, py::object v_scale, int64_t head_size_k, int64_t head_size_v,
+                 int inline_scales, uint32_t flags, py::object stream) {
+    const bool mla = kind == kViewMLA;
+    const char *fn = mla ? "pagedkv.write_mla" : "pagedkv.write_kv";
+    Call call(fn);
+    py::none none;
+    ViewTensors vt = add_view_tensors(call, k_cache, v_cache, k_scale, v_scale, none, none, none, none);
+    TensorArg &k = call.add(mla ? "kv_c" : "key", key);
+    TensorArg &v = call.add(mla ? "k_pe" : "value", value, mla ? kRequired : kOptional);
+    TensorArg &s = call.add("slot_mapping", slot_mapping);
+    call.resolve(stream);
+    pkv_cache_view cv = PKV_CACHE_VIEW_INIT;
+    fill_view(fn, cv, vt, make_spec(format, kind, kNHD, -1, head_size_k, head_size_v, inline_scales, flags));
+    pkv_status st;
+    {
+        py::gil_scoped_release nogil;
+        st = mla ? pkv_write_mla(&cv, &k.t, &v.t, &s.t, nullptr, call.stream())
+                 : pkv_write_kv(&cv, &k.t, v.ptr(), &s.t, nullptr, call.stream());
+    }
+    check(st);
+}
+
+void gather_cache(py::object out_key, py::object out_value, py::object k_cache, py::object v_cache,
+                  py::object block_table, py::object cu_seq_lens, py::object seq_starts, int format, int kind,
+                  py::object k_scale, py::object v_scale, int64_t head_size_k, int64_t head_size_v, int inline_scales,
+                  uint32_t flags, py::object stream) {
+    const char *fn = "pagedkv.gather_kv";
+    Call call(fn);
+    py::none none;
+    ViewTensors vt = add_view_tensors(call, k_cache, v_cache, k_scale, v_scale, none, none, none, none);
+    TensorArg &ok = call.add("out_key", out_key, kWritable);
+    TensorArg &ov = call.add("out_value", out_value, kWritable | kOptional);
+    TensorArg &bt = call.add("block_table", block_table);
+    TensorArg &cu = call.add("cu_seq_lens", cu_seq_lens);
+    TensorArg &ss = call.add("seq_starts", seq_starts, kOptional);
+    call.resolve(stream);
+    pkv_cache_view cv = PKV_CACHE_VIEW_INIT;
+    fill_view(fn, cv, vt, make_spec(format, kind, kNHD, -1, head_size_k, head_size_v, inline_scales, flags));
+    if (cv.num_heads == 1) {
+        unsqueeze_rows(ok.t);
+        if (ov.present) unsqueeze_rows(ov.t);
+    }
+    pkv_status st;
+    {
+        py::gil_scoped_release nogil;
+        st = pkv_gather_kv(&ok.t, ov.ptr(), &cv, &bt.t, &cu.t, ss.ptr(), nullptr, call.stream());
+    }
+    check(st);
 }
 
 // ------------------------------------------------------------------------------------ TensorView
@@ -1467,6 +1575,14 @@ PYBIND11_MODULE(_C, m) {
           py::arg("inline_scales"), py::arg("k_rotation_signs"), py::arg("v_rotation_signs"), py::arg("flags"));
 
     // ops
+    m.def("write_cache", &write_cache, py::arg("key"), py::arg("value"), py::arg("k_cache"), py::arg("v_cache"),
+          py::arg("slot_mapping"), py::arg("format"), py::arg("kind"), py::arg("k_scale"), py::arg("v_scale"),
+          py::arg("head_size_k"), py::arg("head_size_v"), py::arg("inline_scales"), py::arg("flags"),
+          py::arg("stream") = py::none());
+    m.def("gather_cache", &gather_cache, py::arg("out_key"), py::arg("out_value"), py::arg("k_cache"),
+          py::arg("v_cache"), py::arg("block_table"), py::arg("cu_seq_lens"), py::arg("seq_starts"), py::arg("format"),
+          py::arg("kind"), py::arg("k_scale"), py::arg("v_scale"), py::arg("head_size_k"), py::arg("head_size_v"),
+          py::arg("inline_scales"), py::arg("flags"), py::arg("stream") = py::none());
     m.def("write_kv", &write_kv, py::arg("cache"), py::arg("key"), py::arg("value"), py::arg("slot_mapping"),
           py::arg("out_of_range_count") = py::none(), py::arg("stream") = py::none());
     m.def("write_mla", &write_mla, py::arg("cache"), py::arg("kv_c"), py::arg("k_pe"), py::arg("slot_mapping"),
