@@ -16,7 +16,8 @@
 #include <cstring>
 #include <deque>
 #include <memory>
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,11 +36,27 @@ struct PkvError {
     std::string message;
 };
 
+// Message building without iostreams: in some Python environments (python 3.12 + numpy 2.5,
+// gcc 13) formatting a number through std::ostringstream inside the module crashed on a null
+// locale facet; plain string appends need no locale.
+inline void cat_part(std::string &s, const char *p) { s += p; }
+inline void cat_part(std::string &s, const std::string &p) { s += p; }
+inline void cat_part(std::string &s, char c) { s += c; }
+inline void cat_part(std::string &s, bool b) { s += b ? "true" : "false"; }
+template <typename T>
+std::enable_if_t<std::is_integral_v<T>> cat_part(std::string &s, T v) { s += std::to_string(v); }
+template <typename T>
+std::enable_if_t<std::is_floating_point_v<T>> cat_part(std::string &s, T v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", double(v));
+    s += buf;
+}
+
 template <typename... Ts>
 std::string cat(const Ts &...parts) {
-    std::ostringstream s;
-    (s << ... << parts);
-    return s.str();
+    std::string s;
+    (cat_part(s, parts), ...);
+    return s;
 }
 
 [[noreturn]] void fail(int status, const std::string &message) { throw PkvError{status, message}; }
