@@ -26,6 +26,10 @@ start=$SECONDS
 
 echo "==== pagedkv python GPU tests: $($PY --version 2>&1), CUDA archs $ARCHS, build dir $BUILD"
 PYEXE=$(command -v "$PY") || { echo "no $PY"; exit 1; }
+if ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    echo "gpu-tests: Python.h of $PY is missing (python3-dev): the extension cannot be built here" >&2
+    exit 1
+fi
 pybind11_args=()
 if dir=$("$PY" -m pybind11 --cmakedir 2>/dev/null) && [[ -n $dir ]]; then
     pybind11_args=(-Dpybind11_DIR="$dir")

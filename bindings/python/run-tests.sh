@@ -41,12 +41,12 @@ stage() { # stage <name> <command...>
     printf '\n---- python: %s\n' "$name"
     "$@"
     rc=$?
-    timings+=("$(printf '%-44s %4ss  %s' "$name" "$((SECONDS - start))" "$([[ $rc -eq 0 ]] && echo ok || echo FAILED)")")
+    timings+=("$(printf '%4ss  %-6s  %s' "$((SECONDS - start))" "$([[ $rc -eq 0 ]] && echo ok || echo FAILED)" "$name")")
     [[ $rc -eq 0 ]] || failed=1
     return $rc
 }
 summary() {
-    printf '\n---- python: summary\n'
+    printf '\n---- python: summary (%ss)\n' "$SECONDS"
     printf '  %s\n' "${timings[@]}"
 }
 
