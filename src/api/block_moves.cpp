@@ -49,15 +49,10 @@ void copy_blocks(pkv_pool *pool, const pkv_tensor *pairs, pkv_stream stream) {
             " rows: the bytes to copy overflow int64");
     if (count == 0) return;
 
-    const int64_t bpb = pool->layout.bytes_per_block;
-    const CacheBlocks blocks{pool->device_base, bpb, pool->num_blocks, bpb};
-    CacheBlockCopy c;
-    c.caches = &blocks;
-    c.num_caches = 1;
-    set_pairs(c, pairs->data, pairs->dtype == PKV_DTYPE_INT64, count);
-    c.vec = cache_copy_vector_bytes(c);
-    if (pool->is_cuda()) cuda_copy_cache_blocks(c, stream);
-    else cpu_copy_cache_blocks(c);
+    const FlatBlockCopy c = pair_copy(pool->device_base, pool->num_blocks, pool->layout.bytes_per_block,
+                                      pairs->data, pairs->dtype == PKV_DTYPE_INT64, count);
+    if (pool->is_cuda()) cuda_copy_blocks(c, stream);
+    else cpu_copy_blocks(c);
 }
 
 // One raw cache of pkv_copy_blocks: [num_blocks, ...], dim 0 any stride >= one block (no two

@@ -37,7 +37,7 @@ struct BlockSide {
     int64_t num_blocks = 0;
 };
 
-// BLOCK_MAJOR gather / scatter: pair i copies bytes_per_block bytes from block
+// copy_blocks of a pool and BLOCK_MAJOR gather / scatter: pair i copies bytes_per_block bytes from block
 // src.ids[i] to block dst.ids[i].
 struct FlatBlockCopy {
     BlockSide src, dst;
@@ -59,9 +59,21 @@ PKV_HD bool flat_pair_offsets(const FlatBlockCopy &c, int64_t i, int64_t &src_of
     return !(c.src.base == c.dst.base && s == d);
 }
 
-// copy_blocks (pkv_pool_copy_blocks, pkv_copy_blocks): every cache applies the same (src, dst)
-// pairs to its blocks. A cache is num_blocks blocks of bytes_per_block contiguous bytes,
-// block_stride bytes apart (a pool: one cache whose stride is its bytes_per_block).
+// pkv_pool_copy_blocks: pairs [count, 2] (src, dst), contiguous, inside one tier at `base`.
+inline FlatBlockCopy pair_copy(char *base, int64_t num_blocks, int64_t bytes_per_block, const void *pairs,
+                               bool is_int64, int64_t count) {
+    const char *ids = static_cast<const char *>(pairs);
+    FlatBlockCopy c;
+    c.src = BlockSide{base, BlockIds{ids, is_int64, 2}, num_blocks};
+    c.dst = BlockSide{base, BlockIds{ids + (is_int64 ? 8 : 4), is_int64, 2}, num_blocks};
+    c.count = count;
+    c.bytes_per_block = bytes_per_block;
+    c.vec = flat_vector_bytes(c);
+    return c;
+}
+
+// pkv_copy_blocks: every cache applies the same (src, dst) pairs to its blocks. A cache is
+// num_blocks blocks of bytes_per_block contiguous bytes, block_stride bytes apart.
 struct CacheBlocks {
     char *base = nullptr;
     int64_t block_stride = 0;     // bytes

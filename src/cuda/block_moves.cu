@@ -1,7 +1,7 @@
 // CUDA block moves.
-//  - BLOCK_MAJOR gather / scatter: one flat grid over (pair, vector of the block); each thread
-//    issues the loads of a few vectors before any store.
-//  - copy_blocks: the same flat grid in x, the cache in y; the cache table rides in the kernel
+//  - pool copy_blocks and BLOCK_MAJOR gather / scatter: one flat grid over (pair, vector of the
+//    block); each thread issues the loads of a few vectors before any store.
+//  - copy_blocks of raw caches: the same flat grid in x, the cache in y; the cache table rides in the kernel
 //    parameters (up to kMaxCachesPerLaunch caches a launch).
 //  - LAYER_MAJOR gather / scatter: blockIdx.y is the layer, a flat grid over (block, vector of
 //    the layer's K and V bytes) in x. The layer table rides in the kernel parameters (no device
