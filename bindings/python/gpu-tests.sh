@@ -33,6 +33,8 @@ fi
 pybind11_args=()
 if dir=$("$PY" -m pybind11 --cmakedir 2>/dev/null) && [[ -n $dir ]]; then
     pybind11_args=(-Dpybind11_DIR="$dir")
+else
+    echo "note: '$PY -m pybind11' is not available; CMake searches its default paths for pybind11"
 fi
 generator=()
 [[ ! -f $BUILD/CMakeCache.txt ]] && command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _C
 from ._core import CacheView, Device, Stream, Tensor
-from ._enums import BlockOrder, CacheFormat, HeadLayout, ScaleMode, Status, Tier
+from ._enums import BlockOrder, CacheFormat, DeviceType, HeadLayout, ScaleMode, Status, Tier
 from ._errors import PagedKVError
 
 __all__ = ["LayerSpec", "PoolStats", "BatchMirror", "Pool", "BlockTable", "Slots"]
@@ -303,7 +303,14 @@ class Slots(_Handle):
         if isinstance(base, int):
             ptr = base
         else:
-            ptr = _C.tensor_data_ptr(base)[0]
+            ptr, dev_type, dev_id = _C.tensor_data_ptr(base)
+            pool_dev = self.pool.device
+            same = (dev_type, dev_id) == (int(pool_dev.type), pool_dev.index) or (
+                pool_dev.type != DeviceType.CUDA and dev_type != DeviceType.CUDA)
+            if not same:
+                raise PagedKVError(Status.INVALID_ARGUMENT,
+                                   f"pagedkv.Slots.register_region: base is on {Device(dev_type, dev_id)!r}, "
+                                   f"the pool on {pool_dev!r}")
             self._regions.append(base)
         _C.slots_register_region(self._h(), ptr, int(bytes_per_slot), int(slot_stride), int(fill) & 0xFFFFFFFF)
 

@@ -32,7 +32,7 @@ from ._errors import PagedKVError
 try:  # vLLM users have torch imported already; pagedkv works without it.
     import torch as _torch
 
-    _is_compiling = _torch.compiler.is_compiling
+    _is_compiling = getattr(getattr(_torch, "compiler", None), "is_compiling", None) or _torch._dynamo.is_compiling
 except Exception:  # pragma: no cover - no (usable) torch
     _torch = None
 

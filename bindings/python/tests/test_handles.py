@@ -200,6 +200,13 @@ def test_slots_reset_regions(rng):
         with pytest.raises(PagedKVError):
             slots.release(7)
 
+        class OnGpu:  # memory of another device than the (CPU) pool's
+            __cuda_array_interface__ = {"shape": (64,), "typestr": "|u1", "data": (0x1000, False), "version": 3}
+
+        with pytest.raises(PagedKVError, match="register_region") as info:
+            slots.register_region(OnGpu(), bytes_per_slot=16, slot_stride=16)
+        assert info.value.status is Status.INVALID_ARGUMENT
+
 
 def test_handles_are_collected(rng):
     pool = _pool()

@@ -3,8 +3,8 @@ eager, streams (explicit and the current PyTorch stream), __cuda_array_interface
 import pytest
 
 torch = pytest.importorskip("torch")
-if not hasattr(torch.library, "custom_op"):  # pragma: no cover
-    pytest.skip("torch.library.custom_op needs PyTorch >= 2.4", allow_module_level=True)
+if not hasattr(torch.library, "opcheck"):  # pragma: no cover
+    pytest.skip("torch.library.opcheck needs PyTorch >= 2.4", allow_module_level=True)
 
 import pagedkv  # noqa: E402
 import pagedkv.torch  # noqa: E402,F401  (registers torch.ops.pagedkv)
@@ -256,3 +256,27 @@ def test_mirror_as_torch_tensor():
                           torch.tensor([0, 5], dtype=torch.int32, device="cuda"))
         torch.cuda.synchronize()
         assert torch.equal(out, key)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_fp8_dtype_caches(device):
+    """Caches held as torch.float8_e4m3fn (not uint8) are the same bytes."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("no torch.float8_e4m3fn")
+    key, value, kv, slots, ks, vs = _inputs(device, "fp8")
+    kv8 = kv.clone().view(torch.float8_e4m3fn)
+    try:
+        assert pagedkv.describe(kv8)["dtype"] is pagedkv.DType.FP8_E4M3
+    except (BufferError, RuntimeError, TypeError) as e:  # older torch: no fp8 through DLPack
+        pytest.skip(f"torch cannot export fp8 through DLPack: {e}")
+    ops.reshape_and_cache_flash(key, value, kv[:, 0], kv[:, 1], slots, "fp8", ks, vs)
+    ops.reshape_and_cache_flash(key, value, kv8[:, 0], kv8[:, 1], slots, "fp8", ks, vs)
+    cache = pagedkv.CacheView.from_tensors(kv8[:, 0], kv8[:, 1], k_scale=ks, v_scale=vs)  # format from the dtype
+    assert cache.format is pagedkv.CacheFormat.FP8_E4M3
+    out = torch.zeros(16, H, D, device=device)
+    pagedkv.gather_kv(out, None, cache, torch.zeros(1, 1, dtype=torch.int32, device=device),
+                      torch.tensor([0, 16], dtype=torch.int32, device=device))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert torch.equal(kv8.view(torch.uint8), kv)
+    assert torch.equal(out, (kv8[0, 0].float() * ks))
