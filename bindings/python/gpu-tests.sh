@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bindings/python/gpu-tests.sh — the Python tests on a CUDA machine, offline: builds libpagedkv
 # (CUDA) and the pagedkv._C extension with plain CMake (no pip, no scikit-build-core, nothing
-# downloaded), installs the package into <build>/site and runs bindings/python/tests with the
-# machine's own python3 (torch with CUDA, numpy, pybind11; ml_dtypes, CuPy and pytest when
-# present). Every CUDA test (torch CUDA tensors, streams, __cuda_array_interface__, CuPy,
+# downloaded; <build>/python is then the importable package) and runs bindings/python/tests
+# with the machine's own python3 (torch with CUDA, numpy, pybind11; ml_dtypes, CuPy and pytest
+# when present). Every CUDA test (torch CUDA tensors, streams, __cuda_array_interface__, CuPy,
 # opcheck and torch.compile on CUDA) runs when a device is present.
 #
 #   bash bindings/python/gpu-tests.sh            # sm_90 (H100 / H200)
@@ -42,9 +42,7 @@ generator=()
 cmake -S bindings/python -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DPKV_ENABLE_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DPython_EXECUTABLE="$PYEXE" "${pybind11_args[@]}" || exit 1
 cmake --build "$BUILD" -j "$JOBS" || exit 1
-rm -rf "$BUILD/site"
-cmake --install "$BUILD" --prefix "$BUILD/site" --component python >/dev/null || exit 1
-SITE=$ROOT/$BUILD/site
+SITE=$ROOT/$BUILD/python  # the package: extension, libpagedkv.so.<abi>, Python sources
 build_s=$((SECONDS - start))
 
 PYTHONPATH=$SITE "$PY" - <<'EOF' || exit 1

@@ -78,7 +78,8 @@ check_wheel() {
         --config-settings=cmake.define.PKV_ENABLE_CUDA=OFF ./bindings/python &&
         "$VPY" - "$work"/wheel/pagedkv-*.whl <<'EOF'
 import sys, zipfile
-names = zipfile.ZipFile(sys.argv[1]).namelist()
+wheel = zipfile.ZipFile(sys.argv[1])
+names = wheel.namelist()
 need = ["pagedkv/__init__.py", "pagedkv/vllm.py", "pagedkv/torch.py", "pagedkv/py.typed", "pagedkv/_C.pyi",
         "pagedkv/libpagedkv.so.0.1"]
 missing = [n for n in need if n not in names]
@@ -87,6 +88,9 @@ extra = [n for n in names if n.startswith(("include/", "lib/", "share/"))]
 print(sys.argv[1].rsplit("/", 1)[-1], f"{len(names)} files; extension: {ext}")
 if missing or not ext or extra:
     sys.exit(f"wheel contents wrong: missing {missing}, extension {ext}, stray {extra}")
+if b"cuda=none" not in wheel.read("pagedkv/libpagedkv.so.0.1"):  # built here, CPU-only, not a prebuilt copy
+    sys.exit("the wheel's libpagedkv is not the CPU-only build from source")
+print("libpagedkv.so.0.1 in the wheel: built from source, CPU only")
 EOF
 }
 if [[ ${PAGEDKV_PY_SOURCE_WHEEL:-1} != 0 ]]; then
