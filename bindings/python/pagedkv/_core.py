@@ -1,7 +1,7 @@
 """Cache views and the stream-ordered ops (write, gather, block copies, conversion)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,20 +30,38 @@ Tensor = Any
 Stream = Any
 
 
-class Device(Tuple[DeviceType, int]):
-    """A ``(DeviceType, index)`` pair. ``Device.parse("cuda:1")``, ``Device.parse("cpu")``, a
+class Device:
+    """A device: :class:`DeviceType` and index (CUDA ordinal; 0 for the CPU). Compares equal to
+    the ``(type, index)`` tuple. ``Device.parse("cuda:1")``, ``Device.parse("cpu")``, a
     ``torch.device`` or a ``(type, index)`` tuple are accepted wherever a device is."""
 
-    def __new__(cls, type: Union[DeviceType, int], index: int = 0) -> "Device":  # noqa: A002
-        return super().__new__(cls, (DeviceType(type), int(index)))
+    __slots__ = ("type", "index")
+    type: DeviceType  # noqa: A003
+    index: int
 
-    @property
-    def type(self) -> DeviceType:  # noqa: A003
-        return self[0]
+    def __init__(self, type: Union[DeviceType, int], index: int = 0) -> None:  # noqa: A002
+        object.__setattr__(self, "type", DeviceType(type))
+        object.__setattr__(self, "index", int(index))
 
-    @property
-    def index(self) -> int:
-        return self[1]
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Device is immutable")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.type, self.index))
+
+    def __getitem__(self, i: int) -> int:
+        return (self.type, self.index)[i]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Device, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((int(self.type), self.index))
 
     @classmethod
     def parse(cls, device: Any) -> "Device":

@@ -224,3 +224,21 @@ def test_cache_view_fields():
     assert "F32" in repr(cv)
     with pytest.raises(pagedkv.PagedKVError, match="last dimension"):
         pagedkv.CacheView.from_tensors(k.transpose(0, 1, 3, 2))
+
+
+def test_device_parsing():
+    D, T = pagedkv.Device, pagedkv.DeviceType
+    assert D.parse("cpu") == (T.CPU, 0) and D.parse(None) == D(T.CPU)
+    assert D.parse("cuda:1") == D(T.CUDA, 1) and D.parse("cuda").index == 0
+    assert D.parse((2, 3)) == (T.CUDA, 3) and tuple(D.parse("cuda:3")) == (T.CUDA, 3)
+    assert hash(D(T.CUDA, 1)) == hash(D.parse("cuda:1")) and repr(D(T.CUDA, 1)) == "Device(cuda:1)"
+
+    class TorchLikeDevice:
+        type = "cuda"
+        index = 2
+
+    assert D.parse(TorchLikeDevice()) == (T.CUDA, 2)
+    with pytest.raises(ValueError):
+        D.parse("tpu:0")
+    with pytest.raises(AttributeError):
+        D(T.CPU).index = 1
