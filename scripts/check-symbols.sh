@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# check-symbols.sh <libpagedkv.so> [include/pagedkv.h]
+# check-symbols.sh <libpagedkv.so> [include/pagedkv.h [more public headers...]]
 #
 # Checks the exported ABI surface of the built library:
 #  1. `nm -D --defined-only` lists only pkv_* symbols (plus the version-node names, PAGEDKV_*),
 #     and every pkv_* symbol carries a PAGEDKV_* version;
-#  2. every PKV_API function declared in the header is exported;
+#  2. every PKV_API function declared in the headers is exported (pagedkv.h, plus
+#     pagedkv_xla.h for a build with the XLA FFI handlers);
 #  3. the SONAME is libpagedkv.so.<PKV_ABI_VERSION>;
 #  4. the library does not need libcudart.so / libcuda.so (cudart is linked statically and the
 #     driver is loaded at run time, so the library loads on machines without a GPU driver).
 # Exit status 0 = all checks pass.
 set -euo pipefail
 
-lib=${1:?usage: check-symbols.sh <libpagedkv.so> [pagedkv.h]}
+lib=${1:?usage: check-symbols.sh <libpagedkv.so> [pagedkv.h [more headers...]]}
 header=${2:-"$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/include/pagedkv.h"}
+headers=("$header" "${@:3}")
 NM=${NM:-nm}
 READELF=${READELF:-readelf}
 fail=0
 indent() { sed 's/^/    /'; }
 
 [[ -f $lib ]] || { echo "check-symbols: no such library: $lib" >&2; exit 2; }
-[[ -f $header ]] || { echo "check-symbols: no such header: $header" >&2; exit 2; }
+for h in "${headers[@]}"; do
+    [[ -f $h ]] || { echo "check-symbols: no such header: $h" >&2; exit 2; }
+done
 
 # "<value> <type> <name>[@@VERSION]" -> "<type> <name>[@@VERSION]"
 defined=$("$NM" -D --defined-only "$lib" | awk '{ print $(NF-1), $NF }')
@@ -48,23 +52,28 @@ if grep -q '^[^ ]* pkv_.*@' <<<"$defined"; then  # this nm prints symbol version
 fi
 exported=$(awk '$2 ~ /^pkv_/ { sub(/@.*/, "", $2); print $2 }' <<<"$defined" | sort -u)
 
-# 2. every `PKV_API <type> <name>(` in the header is exported.
-declared=$(sed -n -E 's/^[[:space:]]*PKV_API[^(]*[^[:alnum:]_](pkv_[[:alnum:]_]+)[[:space:]]*\(.*/\1/p' \
-               "$header" | sort -u)
-if [[ -z $declared ]]; then
-    echo "FAIL: found no PKV_API declarations in $header"
-    fail=1
-fi
+# 2. every `PKV_API <type> <name>(` in the headers is exported.
+declared=""
+for h in "${headers[@]}"; do
+    found=$(sed -n -E 's/^[[:space:]]*PKV_API[^(]*[^[:alnum:]_](pkv_[[:alnum:]_]+)[[:space:]]*\(.*/\1/p' "$h")
+    if [[ -z $found ]]; then
+        echo "FAIL: found no PKV_API declarations in $h"
+        fail=1
+    fi
+    declared+=$found$'\n'
+done
+declared=$(sed '/^$/d' <<<"$declared" | sort -u)
+header_names=$(for h in "${headers[@]}"; do basename "$h"; done | paste -sd' ' -)
 missing=$(comm -23 <(printf '%s\n' "$declared") <(printf '%s\n' "$exported") | sed '/^$/d')
 if [[ -n $missing ]]; then
-    echo "FAIL: declared with PKV_API in $(basename "$header") but not exported:"
+    echo "FAIL: declared with PKV_API in $header_names but not exported:"
     indent <<<"$missing"
     fail=1
 fi
 undeclared=$(comm -13 <(printf '%s\n' "$declared") <(printf '%s\n' "$exported") | sed '/^$/d')
 if [[ -n $undeclared ]]; then
     # Not an error for experimental or internal entry points, but worth seeing.
-    echo "note: exported but not declared in $(basename "$header"):"
+    echo "note: exported but not declared in $header_names:"
     indent <<<"$undeclared"
 fi
 

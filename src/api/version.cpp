@@ -10,6 +10,9 @@
 #ifndef PKV_WITH_OPENMP
 #define PKV_WITH_OPENMP 0
 #endif
+#ifndef PKV_WITH_XLA
+#define PKV_WITH_XLA 0
+#endif
 #ifndef PKV_COMPILER
 #define PKV_COMPILER "unknown"
 #endif
@@ -24,7 +27,8 @@ PKV_API const char *pkv_version_string(void) { return PKV_VERSION_STRING; }
 
 PKV_API const char *pkv_build_info(void) {
     return "version=" PKV_VERSION_STRING " abi=" PKV_ABI_VERSION " cuda=" PKV_CUDA_VERSION
-           " cuda_archs=" PKV_CUDA_ARCHS " openmp=" PKV_STR(PKV_WITH_OPENMP) " compiler=" PKV_COMPILER;
+           " cuda_archs=" PKV_CUDA_ARCHS " openmp=" PKV_STR(PKV_WITH_OPENMP) " xla_ffi=" PKV_STR(PKV_WITH_XLA)
+           " compiler=" PKV_COMPILER;
 }
 
 PKV_API size_t pkv_dtype_size_bits(pkv_dtype dtype) {
