@@ -139,28 +139,29 @@ const char *format_name(int64_t f) {
 // Stored bits per head-row element of a format, and the cache dtypes that may hold it.
 struct FormatInfo {
     int bits;
-    std::initializer_list<ffi::DataType> dtypes;
+    ffi::DataType dtypes[3];  // INVALID = unused
 };
 
 FormatInfo format_info(int64_t f) {
     using D = ffi::DataType;
     switch (f) {
-        case PKV_CACHE_FORMAT_F32: return {32, {D::F32}};
-        case PKV_CACHE_FORMAT_F16: return {16, {D::F16}};
-        case PKV_CACHE_FORMAT_BF16: return {16, {D::BF16}};
+        case PKV_CACHE_FORMAT_F32: return {32, {D::F32, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_F16: return {16, {D::F16, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_BF16: return {16, {D::BF16, D::INVALID, D::INVALID}};
         case PKV_CACHE_FORMAT_FP8_E4M3: return {8, {D::F8E4M3FN, D::U8, D::S8}};
         case PKV_CACHE_FORMAT_FP8_E5M2: return {8, {D::F8E5M2, D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return {8, {D::S8, D::U8}};
+        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return {8, {D::S8, D::U8, D::INVALID}};
         case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return {8, {D::F8E4M3FN, D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return {4, {D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return {2, {D::U8, D::S8}};
-        default: return {0, {}};
+        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return {4, {D::U8, D::S8, D::INVALID}};
+        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return {2, {D::U8, D::S8, D::INVALID}};
+        default: return {0, {D::INVALID, D::INVALID, D::INVALID}};
     }
 }
 
 std::string dtype_list(const FormatInfo &info) {
     std::string s;
     for (ffi::DataType d : info.dtypes) {
+        if (d == ffi::DataType::INVALID) continue;
         if (!s.empty()) s += " or ";
         s += dtype_name(d);
     }
@@ -196,7 +197,7 @@ void check_row(const char *what, const ffi::AnyBuffer &c, const CacheDims &g, in
     const FormatInfo info = format_info(format);
     if (info.bits == 0) return;  // unknown format: pkv_cache_view_check names it
     bool dtype_ok = false;
-    for (ffi::DataType d : info.dtypes) dtype_ok |= d == c.element_type();
+    for (ffi::DataType d : info.dtypes) dtype_ok |= d != ffi::DataType::INVALID && d == c.element_type();
     require(dtype_ok, what, " of format ", format_name(format), " must be ", dtype_list(info), ", got ",
             describe(c));
     require(head_size > 0 && head_size * info.bits % 8 == 0, "head size ", head_size,
