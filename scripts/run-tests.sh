@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # run-tests.sh — the whole test command (CI runs it through .ci/run).
 #
-#  1. build/       Release build, CUDA compiled when nvcc exists; ctest: the GoogleTest suite,
-#                  header / ABI / exported-symbol checks, example and tool runs (GPU tests skip
-#                  without a device).
+#  1. build/       Release build, CUDA compiled when nvcc exists, with the XLA FFI handlers (their
+#                  headers come from jaxlib's PyPI wheel once, kept in build/xla-ffi/:
+#                  scripts/xla-ffi-headers.sh); ctest: the GoogleTest suite, header / ABI /
+#                  exported-symbol checks, example and tool runs (GPU tests skip without a device).
 #  2. build-asan/  CPU-only build with AddressSanitizer + UBSan; ctest.
 #  3. install      build/ installed to a temporary prefix; example 01 built with its Makefile
 #                  (pkg-config) and standalone with CMake (find_package) against it, and run.
@@ -74,9 +75,19 @@ else
 fi
 
 # ------------------------------------------------------------------------------- 1. main build
+# The XLA FFI handlers (src/xla/) need jaxlib's header-only FFI API: fetched once into
+# build/xla-ffi/ (reused on re-runs). Without them the build goes on with AUTO (and this step fails).
+xla_args=(-DPKV_ENABLE_XLA=AUTO)
+xla_headers() {
+    local inc
+    inc=$(bash scripts/xla-ffi-headers.sh build/xla-ffi) || return 1
+    echo "XLA FFI headers: $inc ($(cat build/xla-ffi/SOURCE 2>/dev/null || echo installed jaxlib))"
+    xla_args=(-DPKV_ENABLE_XLA=ON "-DPKV_XLA_FFI_INCLUDE_DIR=$inc")
+}
+step "XLA FFI headers (jaxlib wheel from PyPI, cached in build/xla-ffi)" xla_headers
 build_main() {
     configure build -DCMAKE_BUILD_TYPE=Release -DPKV_ENABLE_CUDA=AUTO -DPKV_SANITIZE=OFF \
-        -DPKV_BUILD_TESTS=ON -DPKV_BUILD_EXAMPLES=ON -DPKV_BUILD_TOOLS=ON &&
+        -DPKV_BUILD_TESTS=ON -DPKV_BUILD_EXAMPLES=ON -DPKV_BUILD_TOOLS=ON "${xla_args[@]}" &&
         cmake --build build -j "$JOBS"
 }
 main_ok=0
@@ -100,7 +111,7 @@ lsan_works() {
     return $rc
 }
 build_asan() {
-    configure build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKV_ENABLE_CUDA=OFF -DPKV_SANITIZE=ON \
+    configure build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKV_ENABLE_CUDA=OFF -DPKV_SANITIZE=ON -DPKV_ENABLE_XLA=OFF \
         -DPKV_BUILD_BENCH=OFF -DPKV_BUILD_TESTS=ON -DPKV_BUILD_EXAMPLES=ON -DPKV_BUILD_TOOLS=ON &&
         cmake --build build-asan -j "$JOBS"
 }

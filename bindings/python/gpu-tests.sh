@@ -4,15 +4,18 @@
 # downloaded; <build>/python is then the importable package) and runs bindings/python/tests
 # with the machine's own python3 (torch with CUDA, numpy, pybind11; ml_dtypes, CuPy and pytest
 # when present). Every CUDA test (torch CUDA tensors, streams, __cuda_array_interface__, CuPy,
-# opcheck and torch.compile on CUDA) runs when a device is present.
+# opcheck and torch.compile on CUDA) runs when a device is present. With jax (+ its CUDA plugin)
+# installed, the CMake build picks up jaxlib's XLA FFI headers by itself (PKV_ENABLE_XLA=AUTO),
+# and the pagedkv.jax tests (tests/test_jax.py, CPU and GPU platforms) must run
+# (PAGEDKV_REQUIRE_JAX=1).
 #
 #   bash bindings/python/gpu-tests.sh            # sm_90 (H100 / H200)
 #   CUDAARCHS=80 bash bindings/python/gpu-tests.sh
 #
 # Environment: PAGEDKV_PY_BUILD_DIR (default build-pygpu), CUDAARCHS (default 90), PYTHON
 # (default python3), PKV_JOBS (default: all cores), PAGEDKV_PY_BENCH=1 also runs
-# bench/python_overhead.py --device cuda. Without pytest installed, tests/gpu_smoke.py (a
-# pytest-free subset of the CUDA checks) runs instead. Exit status non-zero on any failure.
+# bench/python_overhead.py --device cuda and, with jax, bench/jax_write_step.py. Without pytest
+# installed, tests/gpu_smoke.py (a pytest-free subset of the CUDA checks) runs instead. Exit status non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 ROOT=$PWD
@@ -22,6 +25,8 @@ PY=${PYTHON:-python3}
 JOBS=${PKV_JOBS:-$(nproc 2>/dev/null || echo 4)}
 [[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
 export PYTHONDONTWRITEBYTECODE=1
+# jax would otherwise take 75 % of the GPU memory at its first use, under the torch tests' feet.
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 start=$SECONDS
 
 echo "==== pagedkv python GPU tests: $($PY --version 2>&1), CUDA archs $ARCHS, build dir $BUILD"
@@ -58,11 +63,22 @@ except ImportError:
     print("torch: not installed")
 if info.get("cuda") == "none" or pagedkv.cuda_device_count() < 1:
     raise SystemExit("gpu-tests: the library has no CUDA backend or sees no device")
+try:
+    import jax
+except ImportError:
+    print("jax: not installed (pagedkv.jax tests skip)")
+else:
+    print("jax", jax.__version__, "devices:", jax.devices(), "| libpagedkv XLA handlers:", info.get("xla_ffi"))
+    if info.get("xla_ffi") != "1":
+        raise SystemExit("gpu-tests: jax is installed but libpagedkv was built without the XLA handlers "
+                         "(CMake did not find jaxlib's headers)")
 EOF
+require_jax=0
+PYTHONPATH=$SITE "$PY" -c "import jax" 2>/dev/null && require_jax=1
 
 status=0
 if "$PY" -c "import pytest" 2>/dev/null; then
-    (cd "$BUILD" && PYTHONPATH=$SITE "$PY" -m pytest -q -p no:cacheprovider -rs "$ROOT/bindings/python/tests" \
+    (cd "$BUILD" && PAGEDKV_REQUIRE_JAX=$require_jax PYTHONPATH=$SITE "$PY" -m pytest -q -p no:cacheprovider -rs "$ROOT/bindings/python/tests" \
         2>&1 | tee pytest-gpu.log)
     status=${PIPESTATUS[0]}
     summary=$(grep -E '[0-9]+ (passed|failed)' "$BUILD/pytest-gpu.log" | tail -1)
@@ -79,6 +95,9 @@ fi
 if [[ ${PAGEDKV_PY_BENCH:-0} == 1 ]]; then
     PYTHONPATH=$SITE PAGEDKV_INCLUDE_DIR=$ROOT/include "$PY" bench/python_overhead.py --device cuda \
         --markdown "$BUILD/python_overhead_cuda.md" || status=1
+    if [[ $require_jax == 1 ]]; then
+        PYTHONPATH=$SITE "$PY" bench/jax_write_step.py --markdown "$BUILD/jax_write_step.md" || status=1
+    fi
 fi
 
 echo

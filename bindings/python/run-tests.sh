@@ -12,14 +12,18 @@
 #                   libpagedkv from the source tree (CUDA when nvcc is found).
 #  4. source wheel  pip wheel ./bindings/python with a CPU-only libpagedkv built from source,
 #                   and a check of the wheel's contents (the from-source packaging path).
-#  5. torch         PyTorch from PyPI (the Linux wheel with its CUDA runtime packages: ~3 GB
+#  5. jax           jax (CPU) from PyPI, for pagedkv.jax (the XLA FFI targets); its tests are
+#                   required to run (PAGEDKV_REQUIRE_JAX=1) when the package's libpagedkv has the
+#                   XLA handlers (build_info xla_ffi=1, as scripts/run-tests.sh builds it).
+#  6. torch         PyTorch from PyPI (the Linux wheel with its CUDA runtime packages: ~3 GB
 #                   download; it runs on CPU here). PAGEDKV_TORCH_INDEX_URL picks another index,
 #                   e.g. https://download.pytorch.org/whl/cpu (a ~200 MB CPU-only wheel).
-#  6. pytest        bindings/python/tests against the installed package (NumPy and PyTorch CPU
+#  7. pytest        bindings/python/tests against the installed package (NumPy and PyTorch CPU
 #                   tensors; torch CUDA / CuPy tests run when a GPU is present).
 #
-# Gates (environment): PAGEDKV_PY_TORCH=0 skips step 5 (the torch tests are then skipped, and
-# this is printed), PAGEDKV_PY_SOURCE_WHEEL=0 skips step 4, PYTHON picks the interpreter,
+# Gates (environment): PAGEDKV_PY_TORCH=0 skips step 6 (the torch tests are then skipped, and
+# this is printed), PAGEDKV_PY_JAX=0 skips step 5 (jax tests skipped), PAGEDKV_PY_SOURCE_WHEEL=0
+# skips step 4, PYTHON picks the interpreter,
 # PKV_JOBS the build parallelism. Exit status non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
@@ -80,7 +84,7 @@ check_wheel() {
 import sys, zipfile
 wheel = zipfile.ZipFile(sys.argv[1])
 names = wheel.namelist()
-need = ["pagedkv/__init__.py", "pagedkv/vllm.py", "pagedkv/torch.py", "pagedkv/py.typed", "pagedkv/_C.pyi",
+need = ["pagedkv/__init__.py", "pagedkv/vllm.py", "pagedkv/torch.py", "pagedkv/jax.py", "pagedkv/py.typed", "pagedkv/_C.pyi",
         "pagedkv/libpagedkv.so.0.1"]
 missing = [n for n in need if n not in names]
 ext = [n for n in names if n.startswith("pagedkv/_C.") and n.endswith(".so")]
@@ -97,6 +101,23 @@ if [[ ${PAGEDKV_PY_SOURCE_WHEEL:-1} != 0 ]]; then
     stage "pip wheel from source (CPU-only libpagedkv) + contents" check_wheel
 fi
 
+jax_note="jax tests skipped (PAGEDKV_PY_JAX=0)"
+require_jax=0
+if [[ ${PAGEDKV_PY_JAX:-1} != 0 ]]; then
+    jax_check() { pip_install jax && "$VPY" -c "import jax; print('jax', jax.__version__, jax.devices())"; }
+    if stage "jax (CPU) from PyPI" jax_check; then
+        xla=$(cd "$work" && "$VPY" -c "import pagedkv; print(pagedkv.build_info().get('xla_ffi', '0'))")
+        if [[ $xla == 1 ]]; then
+            jax_note="jax installed, XLA handlers in libpagedkv"
+            require_jax=1
+        else
+            jax_note="jax installed, libpagedkv WITHOUT XLA handlers (jax tests skip)"
+        fi
+    else
+        jax_note="jax install FAILED"
+    fi
+fi
+
 torch_note="torch tests skipped (PAGEDKV_PY_TORCH=0)"
 if [[ ${PAGEDKV_PY_TORCH:-1} != 0 ]]; then
     torch_args=(torch)
@@ -111,12 +132,12 @@ fi
 
 run_pytest() {
     # From the temporary directory, so `import pagedkv` is the installed package, not the source.
-    (cd "$work" && "$VPY" -m pytest -q -p no:cacheprovider -rs "$ROOT/bindings/python/tests" \
+    (cd "$work" && PAGEDKV_REQUIRE_JAX=$require_jax "$VPY" -m pytest -q -p no:cacheprovider -rs "$ROOT/bindings/python/tests" \
         2>&1 | tee "$work/pytest.log")
     local rc=${PIPESTATUS[0]}
     return "$rc"
 }
-stage "pytest bindings/python/tests ($torch_note)" run_pytest
+stage "pytest bindings/python/tests ($torch_note; $jax_note)" run_pytest
 summary
 if [[ $failed -ne 0 ]]; then
     echo "python tests: FAILED"

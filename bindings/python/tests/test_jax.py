@@ -406,11 +406,12 @@ def test_registration():
         assert "CUDA" in pkj.registered_platforms()
 
 
-def test_jax_example_runs():
+@pytest.mark.parametrize("fmt", ["bf16", "fp8_e4m3", "int8_per_token_head"])
+def test_jax_example_runs(fmt):
     example = os.path.join(repo_root(), "examples", "jax", "decode_loop.py")
     if not os.path.exists(example):
         pytest.skip("examples/jax not found")
-    r = subprocess.run([sys.executable, example], capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, example, "--format", fmt], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "decode_loop: OK" in r.stdout
