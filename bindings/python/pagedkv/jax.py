@@ -29,7 +29,7 @@ The calls have no batching (``vmap``) or differentiation rules.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 try:
     import jax
@@ -75,7 +75,7 @@ if _info.get("xla_ffi") != "1":
     )
 
 _lib = ctypes.CDLL(library_path())  # kept alive for the registered handler pointers
-_registered = []
+_registered: List[str] = []
 _cuda_error: Optional[str] = None
 
 
@@ -320,4 +320,4 @@ def gather_kv(
     out = call(key_cache, value_cache, block_table, cu_seq_lens, *operands,
                format=np.int64(int(fmt)), layout=np.int64(int(lay)), extras=np.int64(extras),
                flags=np.int64(flags))
-    return tuple(out)
+    return out[0], out[1]

@@ -226,6 +226,13 @@ def test_padding_slots_leave_the_cache_untouched(device, rng):
     pad = np.full(6, -1, np.int32)
     k3, v3 = pkj.write_kv(*[_put(a, device) for a in (key, value, kc, vc, pad)])
     assert np.array_equal(_np(k3), kc) and np.array_equal(_np(v3), vc)
+    # no token at all (T = 0), and a gather of no row
+    none = np.zeros(0, np.int32)
+    k4, _ = pkj.write_kv(*[_put(a, device) for a in (key[:0], value[:0], kc, vc, none)])
+    assert np.array_equal(_np(k4), kc)
+    g, _ = pkj.gather_kv(_put(kc, device), _put(vc, device), _put(np.zeros((1, 2), np.int32), device),
+                         _put(np.zeros(2, np.int32), device), 0)
+    assert g.shape == (0, H, DK)
 
 
 def test_fp8_cache_dtype_is_the_format(device, rng):
