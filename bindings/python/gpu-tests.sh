@@ -14,8 +14,10 @@
 #
 # Environment: PAGEDKV_PY_BUILD_DIR (default build-pygpu), CUDAARCHS (default 90), PYTHON
 # (default python3), PKV_JOBS (default: all cores), PAGEDKV_PY_BENCH=1 also runs
-# bench/python_overhead.py --device cuda and, with jax, bench/jax_write_step.py. Without pytest
-# installed, tests/gpu_smoke.py (a pytest-free subset of the CUDA checks) runs instead. Exit status non-zero on any failure.
+# bench/python_overhead.py --device cuda and, with jax, bench/jax_write_step.py. OUT (a folder):
+# the pytest log and the benchmark tables are copied there. Without pytest installed,
+# tests/gpu_smoke.py (a pytest-free subset of the CUDA checks) runs instead. Exit status non-zero
+# on any failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 ROOT=$PWD
@@ -98,6 +100,10 @@ if [[ ${PAGEDKV_PY_BENCH:-0} == 1 ]]; then
     if [[ $require_jax == 1 ]]; then
         PYTHONPATH=$SITE "$PY" bench/jax_write_step.py --markdown "$BUILD/jax_write_step.md" || status=1
     fi
+fi
+# The device machine sends back what is under $OUT: the pytest log and the benchmark tables.
+if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
+    cp "$BUILD"/pytest-gpu.log "$BUILD"/*.md "$OUT"/ 2>/dev/null
 fi
 
 echo
