@@ -48,6 +48,13 @@
  *             input_output_aliases {2: 0, 3: 1} and the planes' operands to results 2, 3): the
  *             handler writes the new tokens into that memory and leaves the rest as it is. A
  *             result that does not alias its operand is refused (INVALID_ARGUMENT).
+ * ---- pkv_xla_write_mla_{cpu,cuda} ----
+ *   operands: kv_c [T_pad, R], k_pe [T_pad, P] (f32 / f16 / bf16), kv_cache [NB, BS, entry],
+ *             slot_mapping [T], then PKV_XLA_ARG_K_SCALE (FP8: f32 [1]). entry = R + P elements
+ *             of the cache's format (F32 / F16 / BF16 / FP8_E4M3 / FP8_E5M2), or 656 bytes (u8)
+ *             for FP8_DS_MLA (R = 512, P = 64; flags PKV_CACHE_VIEW_ROPE_F16 for f16 inputs).
+ *             layout must be 0.
+ *   results:  kv_cache, aliasing operand 2.
  * ---- pkv_xla_gather_kv_{cpu,cuda} ----
  *   operands: key_cache, value_cache, block_table [B, max_blocks] s32, cu_seq_lens [B + 1] s32,
  *             then the extras in bit order.
@@ -66,7 +73,8 @@ extern "C" {
 
 /* ---- extras bits (attribute "extras"): optional operands, appended in this order ---- */
 #define PKV_XLA_ARG_SEQ_STARTS     0x01u /**< gather: seq_starts [B] s32 */
-#define PKV_XLA_ARG_K_SCALE        0x02u /**< FP8: k_scale f32 [1] or [H] (absent = 1.0) */
+#define PKV_XLA_ARG_K_SCALE        0x02u /**< FP8: k_scale f32 [1] or [H] (absent = 1.0); the
+                                              MLA write's scale */
 #define PKV_XLA_ARG_V_SCALE        0x04u /**< FP8: v_scale f32 [1] or [H], as many as k_scale */
 #define PKV_XLA_ARG_SCALE_PLANES   0x08u /**< per-token-head: k_scale_plane, v_scale_plane f32
                                               [NB, BS, H] (HND: [NB, H, BS]); required */
@@ -81,6 +89,8 @@ struct XLA_FFI_CallFrame;
 
 PKV_API struct XLA_FFI_Error *pkv_xla_write_kv_cpu(struct XLA_FFI_CallFrame *call_frame);
 PKV_API struct XLA_FFI_Error *pkv_xla_write_kv_cuda(struct XLA_FFI_CallFrame *call_frame);
+PKV_API struct XLA_FFI_Error *pkv_xla_write_mla_cpu(struct XLA_FFI_CallFrame *call_frame);
+PKV_API struct XLA_FFI_Error *pkv_xla_write_mla_cuda(struct XLA_FFI_CallFrame *call_frame);
 PKV_API struct XLA_FFI_Error *pkv_xla_gather_kv_cpu(struct XLA_FFI_CallFrame *call_frame);
 PKV_API struct XLA_FFI_Error *pkv_xla_gather_kv_cuda(struct XLA_FFI_CallFrame *call_frame);
 

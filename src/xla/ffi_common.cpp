@@ -227,7 +227,8 @@ pkv_cache_view build_view(const Attrs &a, const ffi::AnyBuffer &kc, const ffi::A
     require(a.layout == PKV_HEAD_LAYOUT_NHD || a.layout == PKV_HEAD_LAYOUT_HND, "attribute layout=", a.layout,
             " is not 0 (NHD) or 1 (HND)");
     if (a.format == PKV_CACHE_FORMAT_FP8_DS_MLA)
-        throw Failure{ffi::ErrorCode::kUnimplemented, "fp8_ds_mla caches are not served by the XLA handlers"};
+        throw Failure{ffi::ErrorCode::kUnimplemented,
+                      "fp8_ds_mla caches are K-only MLA caches: the write_mla target writes them"};
     require(a.flags >= 0 && a.flags <= 0xFFFFFFFF, "attribute flags=", a.flags, " is out of range");
     const bool fp8 = a.format == PKV_CACHE_FORMAT_FP8_E4M3 || a.format == PKV_CACHE_FORMAT_FP8_E5M2;
     const bool token_head =
@@ -301,6 +302,41 @@ pkv_cache_view build_view(const Attrs &a, const ffi::AnyBuffer &kc, const ffi::A
         v.k_rotation_signs = static_cast<const float *>(x.k_signs->untyped_data());
         v.v_rotation_signs = static_cast<const float *>(x.v_signs->untyped_data());
     }
+    return v;
+}
+
+pkv_cache_view build_mla_view(const Attrs &a, const ffi::AnyBuffer &c, int64_t head_size, const Extras &x,
+                              pkv_device device) {
+    require(a.layout == PKV_HEAD_LAYOUT_NHD, "attribute layout=", a.layout, ": an MLA cache has one layout (0)");
+    require(a.flags >= 0 && a.flags <= 0xFFFFFFFF, "attribute flags=", a.flags, " is out of range");
+    const bool fp8 = a.format == PKV_CACHE_FORMAT_FP8_E4M3 || a.format == PKV_CACHE_FORMAT_FP8_E5M2;
+    const char *fname = format_name(a.format);
+    require(fp8 || !x.k_scale, "a scale is for the fp8_e4m3 and fp8_e5m2 formats, not ", fname ? fname : "this format");
+    const auto d = dims_of(c, 3, "kv_cache", "3-D [num_blocks, block_size, entry]");
+    if (a.format == PKV_CACHE_FORMAT_FP8_DS_MLA) {
+        const auto t = c.element_type();
+        require((t == ffi::DataType::U8 || t == ffi::DataType::S8) && d[2] == 656, "kv_cache of format fp8_ds_mla must "
+                "be [num_blocks, block_size, 656] uint8 (656-byte entries), got ", describe(c));
+    } else {
+        const CacheDims g{d[0], d[1], 1, d[2]};
+        check_row("kv_cache", c, g, a.format, head_size);
+    }
+    pkv_cache_view v;
+    check_status(pkv_cache_view_init(&v, sizeof v));
+    v.flags = static_cast<uint32_t>(a.flags);
+    v.format = static_cast<pkv_cache_format>(a.format);
+    v.device = device;
+    v.num_blocks = d[0];
+    v.block_size = d[1];
+    v.num_heads = 1;
+    v.head_size_k = head_size;
+    v.k_data = c.untyped_data();
+    const int64_t entry = d[2] * static_cast<int64_t>(ffi::ByteWidth(c.element_type()));
+    v.k_stride_block = d[1] * entry;
+    v.k_stride_slot = entry;
+    v.k_stride_head = entry;
+    int64_t scale_count = 0;
+    v.k_scale = scale_pointer(x.k_scale, "scale", 1, &scale_count);
     return v;
 }
 

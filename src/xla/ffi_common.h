@@ -81,6 +81,11 @@ struct Extras {
 pkv_cache_view build_view(const Attrs &attrs, const ffi::AnyBuffer &key_cache, const ffi::AnyBuffer &value_cache,
                           int64_t head_size_k, int64_t head_size_v, const Extras &extras, pkv_device device);
 
+// The K-only one-head view of an MLA latent cache [NB, BS, entry] (entry = R + P elements of
+// the format, or the 656 bytes of fp8_ds_mla) for head size R + P; k_scale from the extras.
+pkv_cache_view build_mla_view(const Attrs &attrs, const ffi::AnyBuffer &cache, int64_t head_size, const Extras &extras,
+                              pkv_device device);
+
 // pkv_status of a C API call -> Success, or the error with pkv_last_error_message().
 void check_status(pkv_status status);
 

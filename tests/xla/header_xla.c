@@ -17,8 +17,8 @@
 #endif
 
 int main(void) {
-    XLA_FFI_Handler *handlers[] = {pkv_xla_write_kv_cpu, pkv_xla_write_kv_cuda, pkv_xla_gather_kv_cpu,
-                                   pkv_xla_gather_kv_cuda};
+    XLA_FFI_Handler *handlers[] = {pkv_xla_write_kv_cpu,  pkv_xla_write_kv_cuda,  pkv_xla_write_mla_cpu,
+                                   pkv_xla_write_mla_cuda, pkv_xla_gather_kv_cpu, pkv_xla_gather_kv_cuda};
     unsigned bits[] = {PKV_XLA_ARG_SEQ_STARTS, PKV_XLA_ARG_K_SCALE, PKV_XLA_ARG_V_SCALE, PKV_XLA_ARG_SCALE_PLANES,
                        PKV_XLA_ARG_ROTATION_SIGNS, PKV_XLA_ARG_OUT_INIT};
     unsigned seen = 0;
@@ -40,6 +40,6 @@ int main(void) {
         printf("FAIL: pkv_build_info() does not say xla_ffi=1: %s\n", pkv_build_info());
         return 1;
     }
-    printf("pagedkv_xla.h: 4 handlers bound to XLA_FFI_Handler, %s\n", pkv_build_info());
+    printf("pagedkv_xla.h: 6 handlers bound to XLA_FFI_Handler, %s\n", pkv_build_info());
     return 0;
 }

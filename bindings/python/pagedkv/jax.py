@@ -1,8 +1,8 @@
-"""pagedkv for JAX: the paged cache write and gather as XLA custom calls (XLA FFI), in-graph.
+"""pagedkv for JAX: the paged cache writes and gather as XLA custom calls (XLA FFI), in-graph.
 
 Importing this module registers libpagedkv's XLA FFI handlers (``include/pagedkv_xla.h``) with
 JAX for the ``cpu`` platform and, when libpagedkv has CUDA, for ``CUDA``. The handlers call the
-same C API (``pkv_write_kv`` / ``pkv_gather_kv``) and kernels as the rest of pagedkv, on the
+same C API (``pkv_write_kv`` / ``pkv_write_mla`` / ``pkv_gather_kv``) and kernels as the rest of pagedkv, on the
 stream XLA runs the computation on; the CUDA ones may be captured in XLA's command buffers
 (CUDA graphs).
 
@@ -45,8 +45,10 @@ from ._enums import CacheFormat, HeadLayout
 
 __all__ = [
     "write_kv",
+    "write_mla",
     "gather_kv",
     "WRITE_KV_TARGET",
+    "WRITE_MLA_TARGET",
     "GATHER_KV_TARGET",
     "registered_platforms",
     "cuda_registration_error",
@@ -55,6 +57,8 @@ __all__ = [
 #: XLA FFI target names (custom_call_api_version 4, typed FFI).
 WRITE_KV_TARGET = "pagedkv_write_kv"
 GATHER_KV_TARGET = "pagedkv_gather_kv"
+WRITE_MLA_TARGET = "pagedkv_write_mla"
+_TARGETS = ((WRITE_KV_TARGET, "write_kv"), (WRITE_MLA_TARGET, "write_mla"), (GATHER_KV_TARGET, "gather_kv"))
 
 # PKV_XLA_ARG_* (include/pagedkv_xla.h): optional operands, appended in bit order.
 _ARG_SEQ_STARTS = 0x01
@@ -64,6 +68,7 @@ _ARG_SCALE_PLANES = 0x08
 _ARG_ROTATION_SIGNS = 0x10
 _ARG_OUT_INIT = 0x20
 _ROTATED_DOMAIN = 0x1  # PKV_CACHE_VIEW_ROTATED_DOMAIN
+_ROPE_F16 = 0x2  # PKV_CACHE_VIEW_ROPE_F16
 
 _info = build_info()
 if _info.get("xla_ffi") != "1":
@@ -81,14 +86,14 @@ _cuda_error: Optional[str] = None
 
 def _register() -> None:
     global _cuda_error
-    for target, op in ((WRITE_KV_TARGET, "write_kv"), (GATHER_KV_TARGET, "gather_kv")):
+    for target, op in _TARGETS:
         _ffi.register_ffi_target(target, _ffi.pycapsule(getattr(_lib, f"pkv_xla_{op}_cpu")), platform="cpu")
     _registered.append("cpu")
     if _info.get("cuda", "none") == "none":
         _cuda_error = "libpagedkv was built without CUDA"
         return
     try:
-        for target, op in ((WRITE_KV_TARGET, "write_kv"), (GATHER_KV_TARGET, "gather_kv")):
+        for target, op in _TARGETS:
             _ffi.register_ffi_target(target, _ffi.pycapsule(getattr(_lib, f"pkv_xla_{op}_cuda")), platform="CUDA")
         _registered.append("CUDA")
     except Exception as e:  # a jax without a CUDA plugin may refuse the platform
@@ -241,6 +246,38 @@ def write_kv(
     out = call(key, value, key_cache, value_cache, slot_mapping, *operands,
                format=np.int64(int(fmt)), layout=np.int64(int(lay)), extras=np.int64(extras), flags=np.int64(0))
     return tuple(out)
+
+
+def write_mla(
+    kv_c: "jax.Array",
+    k_pe: "jax.Array",
+    kv_cache: "jax.Array",
+    slot_mapping: "jax.Array",
+    *,
+    format: Union[CacheFormat, str, int, None] = None,  # noqa: A002
+    scale: Any = None,
+    rope_f16: bool = False,
+) -> "jax.Array":
+    """Write MLA latent entries ``[kv_c | k_pe]`` (``pkv_write_mla``; vLLM
+    ``concat_and_cache_mla``) and return the updated cache (aliased: donate it, as for
+    :func:`write_kv`).
+
+    Args:
+        kv_c: ``[T_pad, R]``, k_pe: ``[T_pad, P]``, float32 / float16 / bfloat16, one dtype.
+        kv_cache: ``[NB, BS, R + P]`` of the format's dtype (FP8: float8 or uint8 with
+            ``format=``), or ``[NB, BS, 656]`` uint8 for ``format="fp8_ds_mla"`` (R = 512, P = 64).
+        slot_mapping: ``[T]`` int32 / int64, negative = padding.
+        scale: FP8 formats: float32 ``[1]`` array or a number (default 1.0).
+        rope_f16: fp8_ds_mla: the RoPE part is float16 (inputs float16) instead of bfloat16.
+    """
+    fmt = _format(kv_cache, format)
+    extras, operands = 0, []
+    if scale is not None:
+        extras |= _ARG_K_SCALE
+        operands.append(_scale(scale))
+    call = _ffi.ffi_call(WRITE_MLA_TARGET, _sds(kv_cache), input_output_aliases={2: 0})
+    return call(kv_c, k_pe, kv_cache, slot_mapping, *operands, format=np.int64(int(fmt)), layout=np.int64(0),
+                extras=np.int64(extras), flags=np.int64(_ROPE_F16 if rope_f16 else 0))
 
 
 def gather_kv(

@@ -337,6 +337,49 @@ def test_decode_loop_jit_scan(device, rng):
         assert np.array_equal(got_v[cu[r]:cu[r + 1]].astype(np.float32), -w.astype(np.float32)), r
 
 
+@pytest.mark.parametrize("fmt", ["bf16", "f32_from_bf16", "fp8_e4m3", "fp8_ds_mla"])
+def test_write_mla_matches_c_api(device, rng, fmt):
+    t = 13
+    r, p = (512, 64) if fmt == "fp8_ds_mla" else (96, 32)
+    kv_c = randn(rng, (t + 2, r), bf16(), 3.0)
+    k_pe = randn(rng, (t + 2, p), bf16())
+    slots = rng.choice(NB * BS, size=t, replace=False).astype(np.int32)
+    slots[::5] = -1
+    kw, scale = {}, None
+    if fmt == "bf16":
+        cache = poison(rng, (NB, BS, r + p), bf16())
+    elif fmt == "f32_from_bf16":
+        cache = poison(rng, (NB, BS, r + p), np.float32)
+    elif fmt == "fp8_e4m3":
+        cache = poison(rng, (NB, BS, r + p), np.uint8)
+        scale = np.array([0.04], np.float32)
+        kw = dict(format="fp8_e4m3", scale=_put(scale, device))
+    else:
+        cache = poison(rng, (NB, BS, 656), np.uint8)
+        kw = dict(format="fp8_ds_mla")
+    want = cache.copy()
+    view = CacheView.from_mla(want, format=kw.get("format"), scale=scale)
+    pagedkv.write_mla(view, kv_c, k_pe, slots.astype(np.int64))
+    fn = jax.jit(lambda c, kc, kp, s: pkj.write_mla(kc, kp, c, s, **kw), donate_argnums=(0,))
+    got = fn(*[_put(a, device) for a in (cache, kv_c, k_pe, slots)])
+    assert got.dtype == cache.dtype and got.shape == cache.shape
+    assert np.array_equal(_bytes(_np(got)), _bytes(want))
+    assert not np.array_equal(_bytes(want), _bytes(cache))
+
+
+def test_write_mla_errors(device, rng):
+    cache = _put(np.zeros((NB, BS, 128), np.float32), device)
+    kv_c, k_pe = _put(randn(rng, (3, 96)), device), _put(randn(rng, (3, 16)), device)
+    slots = _put(np.arange(3, dtype=np.int32), device)
+    _raises(lambda: pkj.write_mla(kv_c, k_pe, cache, slots), "pagedkv.write_mla", "head rows hold")
+    _raises(lambda: pkj.write_mla(kv_c[0], k_pe[0], cache, slots), "kv_c must be 2-D")
+    _raises(lambda: pkj.write_mla(kv_c, k_pe, cache, slots, scale=2.0), "a scale is for the fp8")
+    u8 = _put(np.zeros((NB, BS, 600), np.uint8), device)
+    _raises(lambda: pkj.write_mla(kv_c, k_pe, u8, slots, format="fp8_ds_mla"), "656")
+    ok = pkj.write_mla(kv_c, _put(randn(rng, (3, 32)), device), cache, slots)
+    assert np.array_equal(_np(ok)[0, :3, :96], _np(kv_c))
+
+
 # ---------------------------------------------------------------------------------- errors
 
 
