@@ -205,15 +205,17 @@ typedef enum pkv_cache_format {
      * INT4 (vLLM int4_per_token_head): x' = H * (signs ⊙ x) with the unnormalized Sylvester
      * Hadamard H (H*H = D*I, power-of-two head size), computed in float32 and rounded to the input
      * dtype; then asymmetric min/max: s = max((max - min) / 15, 1e-6), z = clamp(round(-min / s),
-     * 0, 15), q = clamp(round(x' * (1/s) + z), 0, 15), round = half away from zero. Two codes
-     * a byte, the even element in the low nibble (D/2 bytes a row). The stored scale is
-     * (bits(s) & ~0xF) | z; reading uses s~ = float(bits & ~0xF): x^' = s~ * (q - z).
+     * 0, 15) with round = half away from zero, q = clamp(floor(fma(x', 1/s, z + 0.5)), 0, 15)
+     * (x' / s + z rounded half up, one fused multiply-add). Two codes a byte, the even element in
+     * the low nibble (D/2 bytes a row). The stored scale is (bits(s) & ~0xF) | z; reading uses
+     * s~ = float(bits & ~0xF): x^' = s~ * (q - z).
      */
     PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD = 8,
     /**
      * INT2 (vLLM PR #39074): x' = H * x (plain Hadamard, no signs), n = sqrt(sum x'^2 + 1e-12),
-     * z = x' * sqrt(D) / n, 4-level Lloyd-Max codes for N(0,1) (thresholds -0.9816, 0, 0.9816;
-     * centroids -1.5104, -0.4528, 0.4528, 1.5104; codes 0..3 ascending), four codes a byte,
+     * z = x' * sqrt(D) / n, 4-level Lloyd-Max codes for N(0,1) (thresholds -0.9816, 0, 0.9816
+     * applied as |x'| * (sqrt(D) / n) >= 0.9816 on the exact product, the sign bit of x' choosing
+     * the half; centroids -1.5104, -0.4528, 0.4528, 1.5104; codes 0..3 ascending), four codes a byte,
      * element 4j+i in bits [2i, 2i+2) of byte j (D/4 bytes a row). Stored scale n / D^1.5;
      * reading gives x^' = c * scale * D in the rotated domain.
      */
@@ -445,10 +447,11 @@ PKV_API pkv_status pkv_write_mla(const pkv_cache_view *cache, const pkv_tensor *
  *
  * Dequantization: plain formats convert with round-to-nearest-even (exact copy for equal
  * dtypes); FP8 gives float(q) * scale, rounded to the output dtype. Per-token-head INT8 / FP8
- * give float(q) * s of the row's scale. INT4 and INT2 rows are dequantized in the rotated domain
- * (see their formats) and then rotated back: x^ = signs ⊙ (H * x^') / D (INT2: H * x^' / D), in
- * float32, rounded to the output dtype; with PKV_CACHE_VIEW_ROTATED_DOMAIN in cache->flags the
- * rotated-domain x^' itself is returned. FP8_DS_MLA entries give 576 values: the 512 latent
+ * give float(q) * s of the row's scale. INT4 and INT2 rows are rotated back to the original
+ * domain, x^ = signs ⊙ (H * x^') / D (INT2: H * x^' / D) with x^' their rotated-domain values (see
+ * the formats), in float32, rounded to the output dtype: INT4 as signs ⊙ (s~ / D) * H (q - z)
+ * with the integer transform exact (one rounding), INT2 as H (c * scale). With
+ * PKV_CACHE_VIEW_ROTATED_DOMAIN in cache->flags the rotated-domain x^' itself is returned. FP8_DS_MLA entries give 576 values: the 512 latent
  * values float(q) * s_tile and the 64 RoPE values converted from their stored 16-bit dtype
  * (bf16, or f16 with PKV_CACHE_VIEW_ROPE_F16); out_key [N, 1, 576].
  * @return as pkv_write_kv. N = 0 or B = 0 enqueues nothing.

@@ -1,5 +1,5 @@
-// Float operations rounded once each, never fused (nvcc contracts a * b + c into an FMA by
-// default; gcc may with an FMA ISA), and the integer views of magnitudes: what the quantized
+// Float operations rounded once each, never fused unless named so (nvcc contracts a * b + c into
+// an FMA by default; gcc may with an FMA ISA), and the integer views of magnitudes: what the quantized
 // formats' row math uses so that the CPU and CUDA backends give the same bits.
 #pragma once
 
@@ -39,6 +39,14 @@ PKV_HD float sub_rn(float a, float b) {
     return __fsub_rn(a, b);
 #else
     return pin(a - b);
+#endif
+}
+// a * b + c rounded once (a fused multiply-add; exact on every host: fmaf is correctly rounded).
+PKV_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+    return __fmaf_rn(a, b, c);
+#else
+    return pin(__builtin_fmaf(a, b, c));
 #endif
 }
 PKV_HD float div_rn(float a, float b) {

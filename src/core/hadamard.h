@@ -26,28 +26,34 @@
 //   s    = max((mx - mn) / 15, 1e-6f)              (sub, div; max(d, m) = d > m ? d : m)
 //   z    = rha_clamp(-mn / s, 15)                   (div)
 //   inv  = 1 / s                                   (div)
-//   q_i  = rha_clamp((x'_i * inv) + float(z), 15)   (mul, then add)
+//   q_i  = clamp(floor(fma(x'_i, inv, z + 0.5)), 0, 15)   (one fused multiply-add, z + 0.5 exact;
+//          NaN -> 0): x'_i / s + z rounded half up, i.e. half away from zero for every code)
 //   rha_clamp(t, hi): r = t >= 0 ? t + 0.5f : t - 0.5f (rounded add), clamped to [0, hi]
 //                    (NaN -> 0), then truncated toward zero: round half away from zero.
 //   bytes: byte j of the row = q_{2j} | q_{2j+1} << 4;  scale bits = (bits(s) & ~0xF) | z.
-// ---- INT4 read: z = bits & 0xF, s~ = float(bits & ~0xF), x^'_i = s~ * float(q_i - z) (mul).
-//   Original domain: v = H x^', then x^_i = (sign_i ⊙ v_i) * (1/D) (exact), to the output dtype.
+// ---- INT4 read: z = bits & 0xF, s~ = float(bits & ~0xF), x^'_i = s~ * float(q_i - z) (mul, exact:
+//   s~ has at most 20 significant bits). Original domain, rounded once: w = H (q - z) exactly
+//   (integers, |w_i| <= 15 D), sigma = s~ * (1/D) (mul), x^_i = sign_i ⊙ (sigma * float(w_i))
+//   (mul), to the output dtype; mathematically signs ⊙ (H x^') / D.
 //
 // ---- INT2 write (no signs, no rounding to the input dtype):
 //   x' = H float(x)
 //   S  = the sum of x'_i * x'_i in this order: chunks of K = min(D, 16) consecutive elements
-//        (C = D / K chunks); chunk c sums p_c = 0; p_c = p_c + x'_i * x'_i (mul, then add) for
+//        (C = D / K chunks); chunk c sums p_c = 0; p_c = fma(x'_i, x'_i, p_c) for
 //        i = cK, cK+1, ... in increasing order; then for k = C/2, C/4, ..., 1 (in this order)
 //        p_c = p_c + p_{c^k} for every c at once (every p_c ends equal); S = p_0.
 //        (CUDA: a lane holds E = 16 or 32 elements = one or two chunks; the cross-lane offsets
 //        are the xor shuffles, the in-lane offset 1 of E = 32 comes last.)
 //   n  = sqrt(S + 1e-12f)                           (add, sqrt)
 //   r  = sqrt(float(D)),  f = r / n                 (sqrt, div)
-//   z_i = x'_i * f                                  (mul)
-//   code_i = 0 if z_i < -0.9816f, 1 if z_i < 0, 2 if z_i < 0.9816f, else 3
+//   code_i: big_i = (|x'_i| * f >= T) for the exact product and T = 0.9816f, i.e. the sign of
+//        e_i = fma(|x'_i|, f, -T) (a rounded result keeps the sign of the exact one, an exact
+//        zero is +0); sign bit of x'_i clear: 3 if big_i else 2; set: 0 if big_i else 1 (-0
+//        codes as 1, +0 as 2).
 //   bytes: element 4j+i in bits [2i, 2i+2) of byte j;  scale = n / (float(D) * r)  (mul (exact), div)
 // ---- INT2 read: x^'_i = c[code_i] * (scale * float(D))  (mul (exact), mul), c = {-1.5104f,
-//   -0.4528f, 0.4528f, 1.5104f}. Original domain: v = H x^', x^_i = v_i * (1/D) (exact).
+//   -0.4528f, 0.4528f, 1.5104f}. Original domain: x^ = H y with y_i = c[code_i] * scale (mul,
+//   then the butterflies); mathematically (H x^') / D.
 //
 // ---- Rows that cannot be quantized: when any x'_i (INT4: after rounding to the input dtype)
 // is NaN or infinite, or s (INT4) / n (INT2) is not finite, the row's codes are all 0 and its
@@ -106,7 +112,7 @@ PKV_HD int rha_clamp(float t, float hi) {
 
 // ---------------------------------------------------------------- INT4
 struct Int4Quant {
-    float s = 1e-6f, inv = 1e6f, zf = 0.0f;
+    float s = 1e-6f, inv = 1e6f, zh = 0.5f;  // zh = z + 0.5
     int z = 0;
     bool bad = false;  // the row cannot be quantized: NaN scale, codes 0
 };
@@ -120,13 +126,17 @@ PKV_HD Int4Quant int4_quant(float mn, float mx, bool nonfinite) {
     p.bad = nonfinite || !is_finite(p.s);
     if (p.bad) return p;
     p.z = rha_clamp(div_rn(neg(mn), p.s), 15.0f);
-    p.zf = float(p.z);
+    p.zh = float(p.z) + 0.5f;
     p.inv = div_rn(1.0f, p.s);
     return p;
 }
 
 PKV_HD uint32_t int4_code(float x, const Int4Quant &p) {
-    return p.bad ? 0u : uint32_t(rha_clamp(add_rn(mul_rn(x, p.inv), p.zf), 15.0f));
+    if (p.bad) return 0u;
+    float t = fma_rn(x, p.inv, p.zh);
+    if (!(t >= 0.0f)) t = 0.0f;
+    if (t > 15.0f) t = 15.0f;
+    return uint32_t(t);
 }
 
 PKV_HD uint32_t int4_scale_bits(const Int4Quant &p) {
@@ -144,6 +154,8 @@ PKV_HD Int4Dequant int4_dequant_params(uint32_t bits) {
     return d;
 }
 PKV_HD float int4_dequant(uint32_t q, const Int4Dequant &d) { return mul_rn(d.s, float(int(q) - d.z)); }
+// The original-domain factor sigma = s~ * (1/D) (D a power of two).
+PKV_HD float int4_inverse_factor(const Int4Dequant &d, int dim) { return mul_rn(d.s, 1.0f / float(dim)); }
 
 // ---------------------------------------------------------------- INT2
 constexpr float kInt2Threshold = 0.9816f;
@@ -166,7 +178,7 @@ PKV_HD float int2_sum_squares(const float *x, int d) {
     float p[kMaxRotatedHeadSize / 16];
     for (int j = 0; j < c; ++j) {
         float s = 0.0f;
-        for (int i = 0; i < k; ++i) s = add_rn(s, mul_rn(x[j * k + i], x[j * k + i]));
+        for (int i = 0; i < k; ++i) s = fma_rn(x[j * k + i], x[j * k + i], s);
         p[j] = s;
     }
     for (int off = c / 2; off >= 1; off >>= 1) {
@@ -196,13 +208,14 @@ PKV_HD Int2Quant int2_quant(float sum_squares, int d, bool nonfinite) {
 
 PKV_HD uint32_t int2_code(float x, const Int2Quant &p) {
     if (p.bad) return 0u;
-    const float z = mul_rn(x, p.f);
-    return z < -kInt2Threshold ? 0u : z < 0.0f ? 1u : z < kInt2Threshold ? 2u : 3u;
+    const bool negative = (fmt::f32_bits(x) >> 31) != 0;
+    const bool big = (fmt::f32_bits(fma_rn(fmt::f32_from_bits(fmt::f32_bits(x) & 0x7fffffffu), p.f, -kInt2Threshold)) >> 31) == 0;
+    return negative ? (big ? 0u : 1u) : (big ? 3u : 2u);
 }
 
 PKV_HD uint32_t int2_scale_bits(const Int2Quant &p) { return p.bad ? kNanScaleBits : fmt::f32_bits(p.scale); }
 
-// scale * D: the factor of the centroids.
+// scale * D: the factor of the centroids in the rotated domain (scale itself in the original one).
 PKV_HD float int2_dequant_factor(float scale, int d) { return mul_rn(scale, float(d)); }
 PKV_HD float int2_dequant(uint32_t code, float factor) { return mul_rn(int2_centroid(code), factor); }
 

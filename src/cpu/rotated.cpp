@@ -82,19 +82,23 @@ void gather_row(const CacheSide &src, int64_t block, int64_t offset, int64_t hea
     std::memcpy(&bits, src.scale_at(block, offset, head), 4);
     if constexpr (Int4) {
         const rot::Int4Dequant p = rot::int4_dequant_params(bits);
-        for (int i = 0; i < d; ++i) v[i] = rot::int4_dequant((codes[i / 2] >> (4 * (i % 2))) & 0xfu, p);
-    } else {
-        const float factor = rot::int2_dequant_factor(fmt::f32_from_bits(bits), d);
-        for (int i = 0; i < d; ++i) v[i] = rot::int2_dequant((codes[i / 4] >> (2 * (i % 4))) & 3u, factor);
-    }
-    if (!rotated_domain) {
-        rot::hadamard(v, d);
-        const float inv_d = 1.0f / float(d);  // exact: d is a power of two
         for (int i = 0; i < d; ++i) {
-            float x = v[i];
-            if constexpr (Int4) x = rot::sign_negates(src.rotation_signs, i) ? rot::neg(x) : x;
-            v[i] = mul_rn(x, inv_d);
+            const uint32_t q = (codes[i / 2] >> (4 * (i % 2))) & 0xfu;
+            v[i] = rotated_domain ? rot::int4_dequant(q, p) : float(int(q) - p.z);
         }
+        if (!rotated_domain) {
+            rot::hadamard(v, d);  // exact: integers of magnitude <= 15 d
+            const float sigma = rot::int4_inverse_factor(p, d);
+            for (int i = 0; i < d; ++i) {
+                const float x = mul_rn(sigma, v[i]);
+                v[i] = rot::sign_negates(src.rotation_signs, i) ? rot::neg(x) : x;
+            }
+        }
+    } else {
+        const float scale = fmt::f32_from_bits(bits);
+        const float factor = rotated_domain ? rot::int2_dequant_factor(scale, d) : scale;
+        for (int i = 0; i < d; ++i) v[i] = rot::int2_dequant((codes[i / 4] >> (2 * (i % 4))) & 3u, factor);
+        if (!rotated_domain) rot::hadamard(v, d);
     }
     auto *o = reinterpret_cast<storage_t<Out> *>(out);
     for (int i = 0; i < d; ++i) o[i] = rot::to_output<Out>(v[i]);

@@ -8,7 +8,11 @@
 // stages h < E run in registers, stages h >= E exchange with lane ^ (h / E) (xor shuffles stay
 // inside the group). Min / max and the INT2 sum of squares reduce over the group in the order
 // hadamard.h defines. A lane writes its E / 2 (INT4) or E / 4 (INT2) code bytes; the group's
-// first lane writes the scale. Warps grid-stride over the rows; loop bounds are warp-uniform, so
+// first lane writes the scale. The gather fetches a warp's next rows (source lookup, codes) before
+// computing the current ones, and with 256-byte output rows stores them through shared memory
+// in whole sectors (exchange_row: on the H100, INT4 / INT2 gathers went from 81 / 73 % of copy
+// bandwidth to 95 / 85 %; loading the write's inputs that way made it slower, 81 -> 75 %).
+// Warps grid-stride over the rows; loop bounds are warp-uniform, so
 // every lane reaches every shuffle (rows that are padding or past the end compute on whatever
 // they loaded and store nothing). Launched with programmatic dependent launch: no global memory
 // is touched before pdl_wait().
@@ -21,10 +25,14 @@
 //    two halves.
 //  * INT2: any non-finite x'_i makes the sum of squares Inf or NaN, hence n not finite: the
 //    "any x'_i not finite" test is implied by int2_quant's own test of n.
-//  * rha_clamp(t, 15) == floor(clamp(t + 0.5, 0, 15)) for every t (t < 0: both give 0; NaN: 0).
-//    RN(t / 16 + 1/32) == RN(t + 0.5) / 16 (power-of-two scaling inside one FMA), so
-//    fma.rn.sat gives clamp(t + 0.5, 0, 16) / 16; after min(., 15/16), floor(16 w) is the low
-//    bits of 16 w + 2^23 rounded toward zero (no F2I).
+//  * INT4 codes: RN(x * (inv / 16) + zh / 16) == RN(x * inv + zh) / 16 (power-of-two scaling
+//    inside one FMA, exact while inv / 16 is normal), so fma.rn.sat gives clamp(t, 0, 16) / 16
+//    (NaN: 0); after min(., 15/16), floor(16 w) is the low bits of 16 w + 2^23 rounded toward
+//    zero (no F2I).
+//  * INT4 original-domain gather: H (q - z) is exact in any order, and for D <= 128 exact in
+//    f16 too (integers of magnitude <= 15 * 128 = 1920 < 2048): the butterflies run on f16x2
+//    pairs (elements e and e + 4 of an 8-element run share a word), two elements an
+//    instruction; the stage inside a word is one fma.f16x2 with (1, -1) and the swapped word.
 //  * A sign flip commutes with every rounding: INT4 signs flip the raw 16-bit input pairs.
 //  * float(q - z) == (2^23 + q) - (2^23 + z) (both exact, difference exact).
 //  * INT2 centroids are symmetric: c0 * f == -(c3 * f), c1 * f == -(c2 * f).
@@ -42,6 +50,8 @@ constexpr int kThreads = 256;
 // D = 128, T = 16384: 3 blocks of 2 rows each made INT4 write / gather 71 / 72 % of copy
 // bandwidth, 4 of 1 row 78 / 77 %; 5 and more blocks spill).
 constexpr int kBlocksPerSm = 4;
+
+
 constexpr unsigned kFull = 0xffffffffu;
 
 template <int D> struct RowShape {
@@ -211,7 +221,7 @@ template <int E, int L> __device__ __forceinline__ float group_sum_squares(const
     for (int c = 0; c < NC; ++c) {
         float s = 0.0f;
 #pragma unroll
-        for (int i = 0; i < K; ++i) s = add_rn(s, mul_rn(v[c * K + i], v[c * K + i]));
+        for (int i = 0; i < K; ++i) s = __fmaf_rn(v[c * K + i], v[c * K + i], s);
         p[c] = s;
     }
 #pragma unroll
@@ -246,14 +256,20 @@ __device__ __forceinline__ float apply_sign(float x, uint32_t mask, int e) {
     return __uint_as_float(__float_as_uint(x) ^ ((mask << (31 - e)) & 0x80000000u));
 }
 
-// rha_clamp(add(mul(x, inv), zf), 15) as the float 2^23 + code (see the exactness notes above).
-__device__ __forceinline__ uint32_t int4_code_bits(float x, float inv, float zf) {
-    const float t = __fadd_rn(__fmul_rn(x, inv), zf);
+// int4_code (clamp(floor(fma(x, inv, zh)), 0, 15)) as the float 2^23 + code, see the exactness
+// notes above: w = sat(RN(x * inv16 + zh16)) = clamp(RN(x * inv + zh), 0, 16) / 16 when
+// inv16 = inv / 16 and zh16 = zh / 16 are exact (inv >= 2^-122).
+__device__ __forceinline__ uint32_t int4_code_bits(float x, float inv16, float zh16) {
     float w, b;
-    asm("fma.rn.sat.f32 %0, %1, 0f3D800000, 0f3D000000;" : "=f"(w) : "f"(t));  // sat(RN(t + 0.5) / 16)
+    asm("fma.rn.sat.f32 %0, %1, %2, %3;" : "=f"(w) : "f"(x), "f"(inv16), "f"(zh16));
     w = fminf(w, 0.9375f);
     asm("fma.rz.f32 %0, %1, 0f41800000, 0f4B000000;" : "=f"(b) : "f"(w));  // 2^23 + floor(16 w)
     return __float_as_uint(b);
+}
+// The same for any inv (rows with s > 2^122): clamp, then 2^23 + floor(t) by one rounded add.
+__device__ __forceinline__ uint32_t int4_code_bits_any(float x, float inv, float zh) {
+    const float t = fminf(fmaxf(__fmaf_rn(x, inv, zh), 0.0f), 15.5f);  // fmaxf(NaN, 0) = 0
+    return __float_as_uint(__fadd_rz(t, 8388608.0f));
 }
 
 // Eight such codes (fewer for E < 8) as nibbles, element 2j in the low nibble of byte j: the
@@ -269,23 +285,51 @@ template <int E> __device__ __forceinline__ uint32_t pack_int4_word(const uint32
 }
 
 // The INT2 codes of one word (elements 16i .. 16i + 15 of the lane, fewer for E < 16) of a
-// quantizable row (every z finite). With z' = z + 0 (a -0 becomes +0, nothing else changes) and
-// e = z' - copysign(T, z'), exactly rounded differences keep their signs (and x - x is +0), so
-// code bit 1 is z' >= 0 and bit 0 is e >= 0: z >= T when z' >= 0, z >= -T when z' < 0. The sign
-// bits are shifted in from the top (funnel shifts), element 15's first, then inverted.
+// quantizable row (hadamard.h): the sign bits s of x and b of e = fma(|x|, f, -T) are shifted in
+// from the top (funnel shifts; element 15's first, s above b), then each pair becomes the code
+// ~(s << 1 | (s ^ b)): bit 1 is "not negative", bit 0 "big" for x >= 0 and "not big" below.
 template <int E> __device__ __forceinline__ uint32_t int2_code_word(const float *v, float f) {
     constexpr int N = E < 16 ? E : 16;
-    const uint32_t t_bits = __float_as_uint(rot::kInt2Threshold);
     uint32_t acc = 0;
 #pragma unroll
     for (int k = N - 1; k >= 0; --k) {
-        const float z = __fadd_rn(__fmul_rn(v[k], f), 0.0f);
-        const float e = __fsub_rn(z, __uint_as_float(t_bits | (__float_as_uint(z) & 0x80000000u)));
-        acc = __funnelshift_l(__float_as_uint(z), acc, 1);
+        const float e = __fmaf_rn(fabsf(v[k]), f, -rot::kInt2Threshold);  // |x| is an operand modifier
+        acc = __funnelshift_l(__float_as_uint(v[k]), acc, 1);
         acc = __funnelshift_l(__float_as_uint(e), acc, 1);
     }
-    return N == 16 ? ~acc : ~acc & ((1u << (2 * N)) - 1u);
+    const uint32_t codes = ~(acc ^ ((acc >> 1) & 0x55555555u));
+    return N == 16 ? codes : codes & ((1u << (2 * N)) - 1u);
 }
+
+// ---------------------------------------------------------------- row exchange (L = 4, 256-byte rows)
+// A lane of a 4-lane group owns 64 consecutive bytes of its row (chunks 4 g .. 4 g + 3 of 16
+// bytes); a global access instruction is better made of 64 consecutive bytes a group (whole
+// sectors), i.e. chunk 4 i + g in lane g at instruction i. exchange_row converts between the two
+// orders through the warp's shared buffer (16 chunks a row). Chunk c of row grp sits at
+// c ^ (c / 4) ^ 4 (grp & 1), so that the 8 lanes of a shared-memory phase (two rows) hit 8
+// distinct bank quads in both orders. Every lane of the warp calls it (it synchronizes the warp).
+template <int RPW> struct RowStage {
+    uint4 chunk[kThreads / 32][RPW * 16];
+};
+template <bool ToCoalesced>
+__device__ __forceinline__ void exchange_row(uint4 *warp_buf, uint32_t grp, uint32_t g, const uint4 (&in)[4],
+                                             uint4 (&out)[4]) {
+    uint4 *buf = warp_buf + grp * 16;
+    const uint32_t flip = (grp & 1u) << 2;
+    __syncwarp();  // earlier reads of the buffer are done
+#pragma unroll
+    for (uint32_t j = 0; j < 4; ++j) {
+        const uint32_t c = ToCoalesced ? 4 * g + j : 4 * j + g;
+        buf[c ^ (c >> 2) ^ flip] = in[j];
+    }
+    __syncwarp();
+#pragma unroll
+    for (uint32_t i = 0; i < 4; ++i) {
+        const uint32_t c = ToCoalesced ? 4 * i + g : 4 * g + i;
+        out[i] = buf[c ^ (c >> 2) ^ flip];
+    }
+}
+__device__ __forceinline__ uint4 words_chunk(const uint32_t *w) { return make_uint4(w[0], w[1], w[2], w[3]); }
 
 // ---------------------------------------------------------------- launches
 struct RowSplit {
@@ -416,8 +460,14 @@ __device__ __forceinline__ void quantize_row(float (&v)[RowShape<D>::E], uint32_
         group_min_max<L>(mn, mx);
         const rot::Int4Quant q = rot::int4_quant(mn, mx, !(rot::is_finite(mn) && rot::is_finite(mx)));
         uint32_t b[E];
+        if (q.inv >= 0x1p-122f) {  // inv / 16 exact (every row but those with s > 2^122)
+            const float inv16 = q.inv * 0.0625f, zh16 = q.zh * 0.0625f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) b[e] = int4_code_bits(v[e], q.inv, q.zf);
+            for (int e = 0; e < E; ++e) b[e] = int4_code_bits(v[e], inv16, zh16);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) b[e] = int4_code_bits_any(v[e], q.inv, q.zh);
+        }
 #pragma unroll
         for (int i = 0; i < NW; ++i) codes[i] = pack_int4_word<E>(b + 8 * i);
         scale_bits = rot::int4_scale_bits(q);
@@ -548,13 +598,166 @@ void launch_write(const WriteArgs &a, int64_t d, int side_first, int sides, bool
     cuda_check_launch("write_rotated_kernel");
 }
 
+// ---------------------------------------------------------------- INT4 original-domain gather
+// f16x2 words as integers (see the exactness notes above).
+__device__ __forceinline__ uint32_t h2_add(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ uint32_t h2_fma(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ float h2_lo(uint32_t w) {
+    float r;
+    asm("{.reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, l;}" : "=f"(r) : "r"(w));
+    return r;
+}
+__device__ __forceinline__ float h2_hi(uint32_t w) {
+    float r;
+    asm("{.reg .b16 l, h;\n mov.b32 {l, h}, %1;\n cvt.f32.f16 %0, h;}" : "=f"(r) : "r"(w));
+    return r;
+}
+constexpr uint32_t kH2One = 0x3c003c00u, kH2MinusOne = 0xbc00bc00u, kH2PlusMinus = 0xbc003c00u;
+
+// Whether a head size's INT4 original-domain gather runs on f16x2 words (elements e and e + 4 of
+// each 8-element run in word 4 (e / 8) + e % 8, e % 8 < 4).
+template <int D> constexpr bool kInt4GatherF16 = RowShape<D>::E >= 8 && D <= 128;
+
+// The lane's sign mask (bit e: negate element e) spread for those words (as PairSigns does for
+// adjacent elements): word p's two signs at bits 2 (p % 8) and 2 (p % 8) + 16 of lo (p < 8) or hi.
+template <int E> __device__ __forceinline__ PairSigns spread_quad_signs(uint32_t m) {
+    PairSigns s;
+#pragma unroll
+    for (int p = 0; p < E / 2; ++p) {
+        const int e = 8 * (p / 4) + p % 4, j = p % 8;
+        const uint32_t b = ((m >> e) & 1u) << (2 * j) | ((m >> (e + 4)) & 1u) << (2 * j + 16);
+        if (p < 8) s.lo |= b;
+        else s.hi |= b;
+    }
+    return s;
+}
+template <int D> using Int4GatherSigns = std::conditional_t<kInt4GatherF16<D>, PairSigns, uint32_t>;
+template <int D> __device__ __forceinline__ Int4GatherSigns<D> make_gather_signs(uint32_t mask) {
+    if constexpr (kInt4GatherF16<D>) return spread_quad_signs<RowShape<D>::E>(mask);
+    else return mask;
+}
+
+// One INT4 row in the original domain (hadamard.h): sign_i ⊙ (sigma * w_i), w = H (q - z) exact.
+template <int D>
+__device__ __forceinline__ void int4_original_row(const uint32_t *cw, uint32_t bits, const Int4GatherSigns<D> &signs,
+                                                  uint32_t g, float (&v)[RowShape<D>::E]) {
+    constexpr int E = RowShape<D>::E, L = RowShape<D>::L;
+    const rot::Int4Dequant q = rot::int4_dequant_params(bits);
+    const float sigma = rot::int4_inverse_factor(q, D);
+    if constexpr (kInt4GatherF16<D>) {
+        constexpr int P = E / 2;
+        uint32_t h[P];
+        const uint32_t zz = (0x6400u | uint32_t(q.z)) * 0x10001u;  // 1024 + z, both halves
+#pragma unroll
+        for (int i = 0; i < E / 8; ++i) {  // nibbles k and k + 4 of a word as 1024 + q, minus 1024 + z
+#pragma unroll
+            for (int k = 0; k < 4; ++k) h[4 * i + k] = h2_sub(((cw[i] >> (4 * k)) & 0x000f000fu) | 0x64006400u, zz);
+        }
+        // Element stages 1 and 2 pair words p, p ^ 1 and p, p ^ 2; stage 4 lies inside a word;
+        // stages 8 and 16 pair words p, p ^ 4 and p, p ^ 8.
+#pragma unroll
+        for (int w = 1; w < P; w <<= 1) {
+#pragma unroll
+            for (int p = 0; p < P; ++p) {
+                if ((p & w) == 0) {
+                    const uint32_t a = h[p], b = h[p + w];
+                    h[p] = h2_add(a, b);
+                    h[p + w] = h2_sub(a, b);
+                }
+            }
+            if (w == 2) {
+#pragma unroll
+                for (int p = 0; p < P; ++p) h[p] = h2_fma(h[p], kH2PlusMinus, __byte_perm(h[p], 0, 0x1032));
+            }
+        }
+#pragma unroll
+        for (int m = 1; m < L; m <<= 1) {
+            const uint32_t sgn = (g & m) ? kH2MinusOne : kH2One;
+#pragma unroll
+            for (int p = 0; p < P; ++p) h[p] = h2_fma(h[p], sgn, __shfl_xor_sync(kFull, h[p], m));
+        }
+#pragma unroll
+        for (int i = 0; i < E / 8; ++i) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const uint32_t w = h[4 * i + k] ^ pair_sign_bits(signs, 4 * i + k);
+                v[8 * i + k] = __fmul_rn(sigma, h2_lo(w));
+                v[8 * i + k + 4] = __fmul_rn(sigma, h2_hi(w));
+            }
+        }
+    } else {
+        const float zm = __uint_as_float(0x4b000000u | uint32_t(q.z));  // 2^23 + z
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const uint32_t c = (cw[e / 8] >> (4 * (e % 8))) & 0xfu;
+            v[e] = __fsub_rn(__uint_as_float(0x4b000000u | c), zm);
+        }
+        group_hadamard<E, L>(v, g);  // exact: integers of magnitude <= 15 D
+#pragma unroll
+        for (int e = 0; e < E; ++e) v[e] = apply_sign(__fmul_rn(sigma, v[e]), signs, e);
+    }
+}
+
 // ---------------------------------------------------------------- gather
 struct GatherLaunch {
     GatherArgs a;
     RowSplit split;
 };
 
-template <Elem Out, bool Int4, int D, int U>
+// A lane's share of one gather row: where it comes from (its codes and scale, loaded) and where
+// it goes.
+template <int kCodeBytes> struct GatherRow {
+    Words<kCodeBytes> codes;
+    uint32_t bits = 0;
+    char *dst = nullptr;  // the lane's output bytes; nullptr: nothing to write
+    bool v_side = false;
+};
+
+// Resolves row u of the launch (u >= total: an inactive row) and issues its loads; counts it
+// when it is out of range.
+template <int D, int kCodeBytes, int kOutBytes>
+__device__ __forceinline__ GatherRow<kCodeBytes> fetch_gather_row(const GatherLaunch &p, int64_t u, uint32_t g) {
+    const GatherArgs &a = p.a;
+    GatherRow<kCodeBytes> r;
+#pragma unroll
+    for (int i = 0; i < (kCodeBytes + 3) / 4; ++i) r.codes.w[i] = 0;
+    if (u >= p.split.total) return r;
+    int64_t row, block, offset;
+    int side;
+    uint32_t head;
+    split_unit(p.split, u, row, side, head);
+    r.v_side = side != 0;
+    if (!gather_row_source(a, row, block, offset)) return r;
+    if (block < 0) {
+        if (p.split.count && side == p.split.side_first && head == 0 && g == 0 && a.out_of_range)
+            atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
+        return r;
+    }
+    const CacheSide &src = side ? a.cache.v : a.cache.k;
+    r.codes = load_bytes<kCodeBytes>(src.data + src.offset(block, offset, head) + int64_t(g) * kCodeBytes);
+    r.bits = *reinterpret_cast<const uint32_t *>(src.scale_at(block, offset, head));
+    const RowsSide &dst = side ? a.value : a.key;
+    r.dst = dst.data + dst.offset(row, head) + int64_t(g) * kOutBytes;
+    return r;
+}
+
+// Each warp's next row group is fetched (source lookup, code and scale loads) before the current
+// one is computed, so that the chain of dependent loads of a row overlaps the arithmetic of the
+// previous one.
+template <Elem Out, bool Int4, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(const GatherLaunch p) {
     using Shape = RowShape<D>;
     constexpr int E = Shape::E, L = Shape::L, RPW = Shape::RPW;
@@ -568,63 +771,30 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(
     const bool original = !a.cache.rotated_domain;
     const int64_t total = p.split.total;
     pdl_wait();
-    uint32_t k_signs = 0, v_signs = 0;
+    Int4GatherSigns<D> k_signs{}, v_signs{};
     if constexpr (Int4) {  // only the sides of this launch: the other may have another head size
         if (original) {
-            if (p.split.side_first == 0) k_signs = lane_sign_mask<E>(a.cache.k.rotation_signs, g);
-            if (p.split.side_first + p.split.sides > 1) v_signs = lane_sign_mask<E>(a.cache.v.rotation_signs, g);
+            if (p.split.side_first == 0) k_signs = make_gather_signs<D>(lane_sign_mask<E>(a.cache.k.rotation_signs, g));
+            if (p.split.side_first + p.split.sides > 1)
+                v_signs = make_gather_signs<D>(lane_sign_mask<E>(a.cache.v.rotation_signs, g));
         }
     }
-    constexpr float kInvD = 1.0f / float(D);  // exact: D is a power of two
-    for (int64_t base = warp * (RPW * U); base < total; base += warps * (RPW * U)) {
-        int64_t row[U], block[U], offset[U];
-        int side[U];
-        uint32_t head[U];
-        bool active[U];
-#pragma unroll
-        for (int j = 0; j < U; ++j) {  // the sources of the U rows
-            const int64_t u = base + j * RPW + grp;
-            row[j] = 0;
-            block[j] = -1;
-            offset[j] = 0;
-            side[j] = 0;
-            head[j] = 0;
-            active[j] = false;
-            if (u < total) {
-                split_unit(p.split, u, row[j], side[j], head[j]);
-                if (gather_row_source(a, row[j], block[j], offset[j])) {
-                    active[j] = block[j] >= 0;
-                    if (!active[j] && p.split.count && side[j] == p.split.side_first && head[j] == 0 && g == 0 &&
-                        a.out_of_range)
-                        atomicAdd(reinterpret_cast<unsigned long long *>(a.out_of_range), 1ull);
-                }
-            }
-        }
-        Words<kCodeBytes> codes[U];
-        uint32_t bits[U];
-#pragma unroll
-        for (int j = 0; j < U; ++j) {  // then every code and scale load
-            if (active[j]) {
-                const CacheSide &src = side[j] ? a.cache.v : a.cache.k;
-                codes[j] = load_bytes<kCodeBytes>(src.data + src.offset(block[j], offset[j], head[j]) +
-                                                  int64_t(g) * kCodeBytes);
-                bits[j] = *reinterpret_cast<const uint32_t *>(src.scale_at(block[j], offset[j], head[j]));
+    int64_t base = warp * RPW;
+    GatherRow<kCodeBytes> cur = fetch_gather_row<D, kCodeBytes, kOutBytes>(p, base + grp, g);
+    for (; base < total; base += warps * RPW) {
+        const GatherRow<kCodeBytes> next = fetch_gather_row<D, kCodeBytes, kOutBytes>(p, base + warps * RPW + grp, g);
+        float v[E];  // every branch below is uniform over the launch: every lane reaches the shuffles
+        if constexpr (Int4) {
+            if (original) {
+                const Int4GatherSigns<D> signs = cur.v_side ? v_signs : k_signs;
+                int4_original_row<D>(cur.codes.w, cur.bits, signs, g, v);
             } else {
-#pragma unroll
-                for (int i = 0; i < (kCodeBytes + 3) / 4; ++i) codes[j].w[i] = 0;
-                bits[j] = 0;
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < U; ++j) {
-            float v[E];
-            if constexpr (Int4) {
-                const rot::Int4Dequant q = rot::int4_dequant_params(bits[j]);
+                const rot::Int4Dequant q = rot::int4_dequant_params(cur.bits);
                 const float zm = __uint_as_float(0x4b000000u | uint32_t(q.z));  // 2^23 + z
 #pragma unroll
                 for (int i = 0; i < (E + 7) / 8; ++i) {
                     // Nibbles to bytes (even elements, odd elements), a byte to 2^23 + code.
-                    const uint32_t even = codes[j].w[i] & 0x0f0f0f0fu, odd = (codes[j].w[i] >> 4) & 0x0f0f0f0fu;
+                    const uint32_t even = cur.codes.w[i] & 0x0f0f0f0fu, odd = (cur.codes.w[i] >> 4) & 0x0f0f0f0fu;
 #pragma unroll
                     for (int k = 0; k < 4 && 8 * i + 2 * k < E; ++k) {
                         const float c0 = __uint_as_float(__byte_perm(even, 0x4b000000u, 0x7540 + k));
@@ -633,45 +803,52 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(
                         v[8 * i + 2 * k + 1] = __fmul_rn(q.s, __fsub_rn(c1, zm));
                     }
                 }
-            } else {
-                // Centroids are symmetric (c0 = -c3, c1 = -c2, and so their products with the
-                // factor): the magnitude is c3's when the code's bits agree, the sign its bit 1.
-                const float factor = rot::int2_dequant_factor(__uint_as_float(bits[j]), D);
-                const float big = rot::int2_dequant(3u, factor), small = rot::int2_dequant(2u, factor);
+            }
+        } else {
+            // Centroids are symmetric (c0 = -c3, c1 = -c2, and so their products with the
+            // factor): the magnitude is c3's when the code's bits agree, the sign its bit 1.
+            // The factor is scale * D in the rotated domain, scale in the original one.
+            const float scale = __uint_as_float(cur.bits);
+            const float factor = original ? scale : rot::int2_dequant_factor(scale, D);
+            const float big = rot::int2_dequant(3u, factor), small = rot::int2_dequant(2u, factor);
 #pragma unroll
-                for (int i = 0; i < (E + 15) / 16; ++i) {
-                    const uint32_t w = codes[j].w[i], differ = w ^ (w >> 1), negative = ~w;
+            for (int i = 0; i < (E + 15) / 16; ++i) {
+                const uint32_t w = cur.codes.w[i], differ = w ^ (w >> 1), negative = ~w;
 #pragma unroll
-                    for (int k = 0; k < 16 && 16 * i + k < E; ++k) {
-                        const float mag = (differ >> (2 * k)) & 1u ? small : big;
-                        v[16 * i + k] = __uint_as_float(__float_as_uint(mag) ^ ((negative << (30 - 2 * k)) & 0x80000000u));
-                    }
+                for (int k = 0; k < 16 && 16 * i + k < E; ++k) {
+                    const float mag = (differ >> (2 * k)) & 1u ? small : big;
+                    v[16 * i + k] = __uint_as_float(__float_as_uint(mag) ^ ((negative << (30 - 2 * k)) & 0x80000000u));
                 }
             }
-            if (original) {  // uniform over the launch: every lane reaches the shuffles
-                group_hadamard<E, L>(v, g);
-                if constexpr (Int4) {
-                    const uint32_t mask = side[j] ? v_signs : k_signs;
-#pragma unroll
-                    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(apply_sign(v[e], mask, e), kInvD);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], kInvD);
-                }
-            }
-            if (active[j]) {
-                Words<kOutBytes> out;
-                if constexpr (Out == Elem::F32) {
-#pragma unroll
-                    for (int e = 0; e < E; ++e) out.w[e] = __float_as_uint(rot::to_output<Out>(v[e]));
-                } else {
-#pragma unroll
-                    for (int k = 0; k < E / 2; ++k) out.w[k] = pack_rn<Out>(v[2 * k], v[2 * k + 1]);
-                }
-                const RowsSide &dst = side[j] ? a.value : a.key;
-                store_bytes<kOutBytes>(dst.data + dst.offset(row[j], head[j]) + int64_t(g) * kOutBytes, out);
-            }
+            if (original) group_hadamard<E, L>(v, g);
         }
+        Words<kOutBytes> out;
+        if constexpr (Out == Elem::F32) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) out.w[e] = __float_as_uint(rot::to_output<Out>(v[e]));
+        } else {
+#pragma unroll
+            for (int k = 0; k < E / 2; ++k) out.w[k] = pack_rn<Out>(v[2 * k], v[2 * k + 1]);
+        }
+        if constexpr (L == 4 && kOutBytes == 64) {  // whole-sector stores (exchange_row)
+            __shared__ RowStage<RPW> stage;
+            uint4 own[4], coalesced[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) own[j] = words_chunk(out.w + 4 * j);
+            exchange_row<true>(stage.chunk[threadIdx.x >> 5], grp, g, own, coalesced);
+            if (cur.dst) {
+                char *row = cur.dst - int64_t(g) * kOutBytes;
+#pragma unroll
+                for (uint32_t i = 0; i < 4; ++i) {
+                    Words<16> w;
+                    w.w[0] = coalesced[i].x; w.w[1] = coalesced[i].y; w.w[2] = coalesced[i].z; w.w[3] = coalesced[i].w;
+                    store_bytes<16>(row + 16 * (4 * i + g), w);
+                }
+            }
+        } else if (cur.dst) {
+            store_bytes<kOutBytes>(cur.dst, out);
+        }
+        cur = next;
     }
 }
 
@@ -685,12 +862,11 @@ void launch_gather(const GatherArgs &a, int64_t d, int side_first, int sides, bo
         if constexpr (!elem_is_fp8(Out)) {
             dispatch_head_size(d, [&](auto dd) {
                 constexpr int D = decltype(dd)::value;
-                constexpr int U = kRowsPerGroup;
-                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW * U);
+                const unsigned grid = grid_for(p.split.total, RowShape<D>::RPW);
                 if (int4) {
-                    launch_pdl(gather_rotated_kernel<Out, true, D, U>, grid, kThreads, s, p);
+                    launch_pdl(gather_rotated_kernel<Out, true, D>, grid, kThreads, s, p);
                 } else if constexpr (D >= 4) {
-                    launch_pdl(gather_rotated_kernel<Out, false, D, U>, grid, kThreads, s, p);
+                    launch_pdl(gather_rotated_kernel<Out, false, D>, grid, kThreads, s, p);
                 }
             });
         }

@@ -68,9 +68,9 @@ RefRow ref_int4_write(const std::vector<float> &x, Fmt in, const std::vector<flo
     const int z = ref_rha(-mn / s);
     const float inv = 1.0f / s;
     for (size_t i = 0; i < d; ++i) {
-        const float p = v[i] * inv;
-        const float t = p + float(z);
-        r.codes[i / 2] |= uint8_t(ref_rha(t) << (4 * (i % 2)));
+        const float t = std::fma(v[i], inv, float(z) + 0.5f);  // rounded once
+        const int q = t >= 15.0f ? 15 : t >= 0.0f ? int(std::floor(t)) : 0;
+        r.codes[i / 2] |= uint8_t(q << (4 * (i % 2)));
     }
     r.scale_bits = (f32_bits(s) & ~0xFu) | uint32_t(z);
     return r;
@@ -81,8 +81,7 @@ float ref_sum_squares(const std::vector<float> &v) {
     std::vector<float> p(c, 0.0f);
     for (size_t j = 0; j < c; ++j)
         for (size_t i = 0; i < k; ++i) {
-            const float sq = v[j * k + i] * v[j * k + i];
-            p[j] = p[j] + sq;
+            p[j] = std::fma(v[j * k + i], v[j * k + i], p[j]);
         }
     for (size_t off = c / 2; off >= 1; off >>= 1) {
         std::vector<float> q(c);
@@ -108,8 +107,9 @@ RefRow ref_int2_write(const std::vector<float> &x) {
     const float root = std::sqrt(float(d));
     const float f = root / n;
     for (size_t i = 0; i < d; ++i) {
-        const float z = v[i] * f;
-        const uint32_t c = z < -0.9816f ? 0 : z < 0.0f ? 1 : z < 0.9816f ? 2 : 3;
+        // The exact product |x'| f decides (double holds it exactly); -0 counts as negative.
+        const bool big = std::fabs(double(v[i])) * double(f) >= double(0.9816f);
+        const uint32_t c = std::signbit(v[i]) ? (big ? 0 : 1) : (big ? 3 : 2);
         r.codes[i / 4] |= uint8_t(c << (2 * (i % 4)));
     }
     r.scale_bits = f32_bits(n / (float(d) * root));
@@ -121,21 +121,34 @@ std::vector<float> ref_read(bool int4, const uint8_t *codes, uint32_t scale_bits
                             const std::vector<float> &signs, bool rotated_domain) {
     std::vector<float> v(d);
     if (int4) {
+        // Rotated domain s~ * (q - z); original domain signs ⊙ (sigma * H (q - z)), H exact.
         const int z = int(scale_bits & 0xF);
         const float s = f32_from_bits(scale_bits & ~0xFu);
-        for (size_t i = 0; i < d; ++i) v[i] = s * float(int((codes[i / 2] >> (4 * (i % 2))) & 0xF) - z);
-    } else {
-        static const float c[4] = {-1.5104f, -0.4528f, 0.4528f, 1.5104f};
-        const float f = f32_from_bits(scale_bits) * float(d);
+        std::vector<int64_t> w(d);
+        for (size_t i = 0; i < d; ++i) w[i] = int((codes[i / 2] >> (4 * (i % 2))) & 0xF) - z;
+        if (rotated_domain) {
+            for (size_t i = 0; i < d; ++i) v[i] = s * float(w[i]);
+            return v;
+        }
+        std::vector<int64_t> h(d, 0);
+        for (size_t i = 0; i < d; ++i)
+            for (size_t j = 0; j < d; ++j) h[i] += (__builtin_popcountll(i & j) & 1) ? -w[j] : w[j];
+        const float sigma = s * (1.0f / float(d));
+        for (size_t i = 0; i < d; ++i) {
+            const float e = sigma * float(h[i]);
+            v[i] = std::signbit(signs[i]) ? -e : e;
+        }
+        return v;
+    }
+    static const float c[4] = {-1.5104f, -0.4528f, 0.4528f, 1.5104f};
+    const float scale = f32_from_bits(scale_bits);
+    if (rotated_domain) {
+        const float f = scale * float(d);
         for (size_t i = 0; i < d; ++i) v[i] = c[(codes[i / 4] >> (2 * (i % 4))) & 3] * f;
+        return v;
     }
-    if (rotated_domain) return v;
+    for (size_t i = 0; i < d; ++i) v[i] = c[(codes[i / 4] >> (2 * (i % 4))) & 3] * scale;
     ref_fwht(v);
-    for (size_t i = 0; i < d; ++i) {
-        float e = v[i];
-        if (int4 && std::signbit(signs[i])) e = -e;
-        v[i] = e * (1.0f / float(d));
-    }
     return v;
 }
 
@@ -753,13 +766,22 @@ TEST(RotatedMisc, Int2Codebook) {
     const float t = 0.9816f;
     EXPECT_EQ(int2_code(-1000.0f, p), 0u);
     EXPECT_EQ(int2_code(std::nextafter(-t, -1.0f), p), 0u);
-    EXPECT_EQ(int2_code(-t, p), 1u);
+    EXPECT_EQ(int2_code(-t, p), 0u);  // |x| f >= T: big on both sides
+    EXPECT_EQ(int2_code(std::nextafter(-t, 0.0f), p), 1u);
     EXPECT_EQ(int2_code(-1e-30f, p), 1u);
-    EXPECT_EQ(int2_code(-0.0f, p), 2u);
+    EXPECT_EQ(int2_code(-0.0f, p), 1u);  // the sign bit decides
     EXPECT_EQ(int2_code(0.0f, p), 2u);
     EXPECT_EQ(int2_code(std::nextafter(t, 0.0f), p), 2u);
     EXPECT_EQ(int2_code(t, p), 3u);
     EXPECT_EQ(int2_code(1000.0f, p), 3u);
+    {  // the exact product decides, not the rounded one: x * f < T although it rounds to T
+        Int2Quant q;
+        q.f = std::nextafter(1.0f, 2.0f);
+        const float x = std::nextafter(std::nextafter(t, 0.0f), 0.0f);
+        ASSERT_EQ(x * q.f, t);
+        EXPECT_EQ(int2_code(x, q), 2u);
+        EXPECT_EQ(int2_code(-x, q), 1u);
+    }
     EXPECT_EQ(int2_centroid(0), -1.5104f);
     EXPECT_EQ(int2_centroid(1), -0.4528f);
     EXPECT_EQ(int2_centroid(2), 0.4528f);
