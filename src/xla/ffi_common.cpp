@@ -1,6 +1,8 @@
 // XLA buffers -> pkv_tensor / pkv_cache_view for the XLA FFI handlers (see ffi_common.h).
 #include "xla/ffi_common.h"
 
+#include "core/element.h"
+
 #include <initializer_list>
 
 namespace pkv {
@@ -120,20 +122,10 @@ Extras::Extras(const ffi::RemainingArgs &args, int64_t bits, uint32_t allowed) {
 
 namespace {
 
+// The library's name of a format attribute; nullptr when the value is not a format.
 const char *format_name(int64_t f) {
-    switch (f) {
-        case PKV_CACHE_FORMAT_F32: return "f32";
-        case PKV_CACHE_FORMAT_F16: return "f16";
-        case PKV_CACHE_FORMAT_BF16: return "bf16";
-        case PKV_CACHE_FORMAT_FP8_E4M3: return "fp8_e4m3";
-        case PKV_CACHE_FORMAT_FP8_E5M2: return "fp8_e5m2";
-        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return "int8_per_token_head";
-        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return "fp8_per_token_head";
-        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return "int4_per_token_head";
-        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return "int2_per_token_head";
-        case PKV_CACHE_FORMAT_FP8_DS_MLA: return "fp8_ds_mla";
-        default: return nullptr;
-    }
+    return f > PKV_CACHE_FORMAT_UNSET && f <= PKV_CACHE_FORMAT_FP8_DS_MLA ? cache_format_name(pkv_cache_format(f))
+                                                                           : nullptr;
 }
 
 // Stored bits per head-row element of a format, and the cache dtypes that may hold it.
