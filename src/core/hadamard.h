@@ -208,9 +208,10 @@ PKV_HD Int2Quant int2_quant(float sum_squares, int d, bool nonfinite) {
 
 PKV_HD uint32_t int2_code(float x, const Int2Quant &p) {
     if (p.bad) return 0u;
-    const bool negative = (fmt::f32_bits(x) >> 31) != 0;
-    const bool big = (fmt::f32_bits(fma_rn(fmt::f32_from_bits(fmt::f32_bits(x) & 0x7fffffffu), p.f, -kInt2Threshold)) >> 31) == 0;
-    return negative ? (big ? 0u : 1u) : (big ? 3u : 2u);
+    const uint32_t bits = fmt::f32_bits(x);
+    const float e = fma_rn(fmt::f32_from_bits(bits & 0x7fffffffu), p.f, -kInt2Threshold);  // |x| f - T
+    const bool big = (fmt::f32_bits(e) >> 31) == 0;
+    return (bits >> 31) ? (big ? 0u : 1u) : (big ? 3u : 2u);
 }
 
 PKV_HD uint32_t int2_scale_bits(const Int2Quant &p) { return p.bad ? kNanScaleBits : fmt::f32_bits(p.scale); }
