@@ -9,9 +9,9 @@
 // inside the group). Min / max and the INT2 sum of squares reduce over the group in the order
 // hadamard.h defines. A lane writes its E / 2 (INT4) or E / 4 (INT2) code bytes; the group's
 // first lane writes the scale. The gather fetches a warp's next rows (source lookup, codes) before
-// computing the current ones, and with 256-byte output rows stores them through shared memory
-// in whole sectors (exchange_row: on the H100, INT4 / INT2 gathers went from 81 / 73 % of copy
-// bandwidth to 95 / 85 %; loading the write's inputs that way made it slower, 81 -> 75 %).
+// computing the current ones, and (32 elements a lane) stores its rows through shared memory in
+// whole sectors (exchange_row: on the H100, D = 128, INT4 / INT2 gathers went from 81 / 73 % of
+// copy bandwidth to 95 / 85 %; loading the write's inputs that way made it slower, 81 -> 75 %).
 // Warps grid-stride over the rows; loop bounds are warp-uniform, so
 // every lane reaches every shuffle (rows that are padding or past the end compute on whatever
 // they loaded and store nothing). Launched with programmatic dependent launch: no global memory
@@ -301,35 +301,34 @@ template <int E> __device__ __forceinline__ uint32_t int2_code_word(const float 
     return N == 16 ? codes : codes & ((1u << (2 * N)) - 1u);
 }
 
-// ---------------------------------------------------------------- row exchange (L = 4, 256-byte rows)
-// A lane of a 4-lane group owns 64 consecutive bytes of its row (chunks 4 g .. 4 g + 3 of 16
-// bytes); a global access instruction is better made of 64 consecutive bytes a group (whole
-// sectors), i.e. chunk 4 i + g in lane g at instruction i. exchange_row converts between the two
-// orders through the warp's shared buffer (16 chunks a row). Chunk c of row grp sits at
-// c ^ (c / 4) ^ 4 (grp & 1), so that the 8 lanes of a shared-memory phase (two rows) hit 8
-// distinct bank quads in both orders. Every lane of the warp calls it (it synchronizes the warp).
-template <int RPW> struct RowStage {
-    uint4 chunk[kThreads / 32][RPW * 16];
+// ---------------------------------------------------------------- row exchange
+// A lane of an L-lane group owns C consecutive 16-byte chunks of its row (chunks g C .. g C +
+// C - 1); a global access instruction is better made of L consecutive chunks a group (whole
+// sectors), i.e. chunk i L + g in lane g at instruction i. exchange_row converts between the two
+// orders through the warp's shared buffer. Chunk c of the warp's row r sits at
+// r N + (c ^ ((c / 8 ^ r K) & 7)) (N = L C >= 8 chunks a row, K = 5 for L = 2, else 6): for
+// every L in 2..32 and C in {4, 8} both orders put the 8 lanes of a shared-memory phase on 8
+// distinct bank quads (checked exhaustively). Every lane of the warp calls it (it synchronizes
+// the warp).
+template <int L, int C> struct RowExchange {
+    static constexpr int kRows = 32 / L, kChunks = L * C;
+    static_assert(L * C >= 8, "the swizzle permutes runs of 8 chunks");
+    static constexpr uint32_t kK = L <= 2 ? 5u : 6u;
+    static __device__ __forceinline__ uint32_t at(uint32_t r, uint32_t c) {
+        return r * kChunks + (c ^ (((c >> 3) ^ (r * kK)) & 7u));
+    }
 };
-template <bool ToCoalesced>
-__device__ __forceinline__ void exchange_row(uint4 *warp_buf, uint32_t grp, uint32_t g, const uint4 (&in)[4],
-                                             uint4 (&out)[4]) {
-    uint4 *buf = warp_buf + grp * 16;
-    const uint32_t flip = (grp & 1u) << 2;
+template <int L, int C, bool ToCoalesced>
+__device__ __forceinline__ void exchange_row(uint4 *warp_buf, uint32_t grp, uint32_t g, const uint4 (&in)[C],
+                                             uint4 (&out)[C]) {
+    using X = RowExchange<L, C>;
     __syncwarp();  // earlier reads of the buffer are done
 #pragma unroll
-    for (uint32_t j = 0; j < 4; ++j) {
-        const uint32_t c = ToCoalesced ? 4 * g + j : 4 * j + g;
-        buf[c ^ (c >> 2) ^ flip] = in[j];
-    }
+    for (uint32_t j = 0; j < C; ++j) warp_buf[X::at(grp, ToCoalesced ? g * C + j : j * L + g)] = in[j];
     __syncwarp();
 #pragma unroll
-    for (uint32_t i = 0; i < 4; ++i) {
-        const uint32_t c = ToCoalesced ? 4 * i + g : 4 * g + i;
-        out[i] = buf[c ^ (c >> 2) ^ flip];
-    }
+    for (uint32_t i = 0; i < C; ++i) out[i] = warp_buf[X::at(grp, ToCoalesced ? i * L + g : g * C + i)];
 }
-__device__ __forceinline__ uint4 words_chunk(const uint32_t *w) { return make_uint4(w[0], w[1], w[2], w[3]); }
 
 // ---------------------------------------------------------------- launches
 struct RowSplit {
@@ -830,19 +829,21 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(
 #pragma unroll
             for (int k = 0; k < E / 2; ++k) out.w[k] = pack_rn<Out>(v[2 * k], v[2 * k + 1]);
         }
-        if constexpr (L == 4 && kOutBytes == 64) {  // whole-sector stores (exchange_row)
-            __shared__ RowStage<RPW> stage;
-            uint4 own[4], coalesced[4];
+        if constexpr (E == 32 && L >= 2 && kOutBytes == 64) {  // 16-bit outputs: whole-sector stores (exchange_row)
+            constexpr int C = kOutBytes / 16;
+            __shared__ uint4 stage[kThreads / 32][RowExchange<L, C>::kRows * RowExchange<L, C>::kChunks];
+            uint4 own[C], coalesced[C];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) own[j] = words_chunk(out.w + 4 * j);
-            exchange_row<true>(stage.chunk[threadIdx.x >> 5], grp, g, own, coalesced);
+            for (int j = 0; j < C; ++j)
+                own[j] = make_uint4(out.w[4 * j], out.w[4 * j + 1], out.w[4 * j + 2], out.w[4 * j + 3]);
+            exchange_row<L, C, true>(stage[threadIdx.x >> 5], grp, g, own, coalesced);
             if (cur.dst) {
                 char *row = cur.dst - int64_t(g) * kOutBytes;
 #pragma unroll
-                for (uint32_t i = 0; i < 4; ++i) {
+                for (uint32_t i = 0; i < C; ++i) {
                     Words<16> w;
                     w.w[0] = coalesced[i].x; w.w[1] = coalesced[i].y; w.w[2] = coalesced[i].z; w.w[3] = coalesced[i].w;
-                    store_bytes<16>(row + 16 * (4 * i + g), w);
+                    store_bytes<16>(row + 16 * (i * L + g), w);
                 }
             }
         } else if (cur.dst) {
