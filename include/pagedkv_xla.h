@@ -17,9 +17,14 @@
  * The handlers build a pkv_cache_view and pkv_tensors from the XLA buffers and attributes and
  * call the public pkv_write_kv / pkv_gather_kv: the same validation, kernels and bytes as the C
  * API. A failing check or call returns an XLA error (INVALID_ARGUMENT, UNIMPLEMENTED for
- * PKV_ERROR_NOT_SUPPORTED, INTERNAL otherwise) whose message starts with "pagedkv.write_kv: " or
- * "pagedkv.gather_kv: " followed by the reason (pkv_last_error_message() for the C API's
- * checks); nothing is written then. A handler never aborts and lets no exception out.
+ * PKV_ERROR_NOT_SUPPORTED, INTERNAL otherwise) whose message starts with "pagedkv.write_kv: ",
+ * "pagedkv.write_mla: " or "pagedkv.gather_kv: " followed by the reason (pkv_last_error_message()
+ * for the C API's checks); nothing is written then. A handler never aborts and lets no exception
+ * out.
+ *
+ * Threading: as the C functions they call: reentrant, so XLA may run them from several threads;
+ * concurrent writes must target disjoint slots (XLA orders calls on one cache through its
+ * aliasing), gathers only read the cache.
  *
  * _cpu handlers: buffers in host memory, the work runs before the handler returns.
  * _cuda handlers: the stream and device ordinal come from XLA's execution context; the work is

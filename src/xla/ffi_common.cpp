@@ -128,25 +128,24 @@ const char *format_name(int64_t f) {
                                                                            : nullptr;
 }
 
-// Stored bits per head-row element of a format, and the cache dtypes that may hold it.
+// The cache dtypes that may hold a format (none: not a format the write / gather targets take).
 struct FormatInfo {
-    int bits;
     ffi::DataType dtypes[3];  // INVALID = unused
 };
 
 FormatInfo format_info(int64_t f) {
     using D = ffi::DataType;
     switch (f) {
-        case PKV_CACHE_FORMAT_F32: return {32, {D::F32, D::INVALID, D::INVALID}};
-        case PKV_CACHE_FORMAT_F16: return {16, {D::F16, D::INVALID, D::INVALID}};
-        case PKV_CACHE_FORMAT_BF16: return {16, {D::BF16, D::INVALID, D::INVALID}};
-        case PKV_CACHE_FORMAT_FP8_E4M3: return {8, {D::F8E4M3FN, D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_FP8_E5M2: return {8, {D::F8E5M2, D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return {8, {D::S8, D::U8, D::INVALID}};
-        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return {8, {D::F8E4M3FN, D::U8, D::S8}};
-        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD: return {4, {D::U8, D::S8, D::INVALID}};
-        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return {2, {D::U8, D::S8, D::INVALID}};
-        default: return {0, {D::INVALID, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_F32: return {{D::F32, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_F16: return {{D::F16, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_BF16: return {{D::BF16, D::INVALID, D::INVALID}};
+        case PKV_CACHE_FORMAT_FP8_E4M3: return {{D::F8E4M3FN, D::U8, D::S8}};
+        case PKV_CACHE_FORMAT_FP8_E5M2: return {{D::F8E5M2, D::U8, D::S8}};
+        case PKV_CACHE_FORMAT_INT8_PER_TOKEN_HEAD: return {{D::S8, D::U8, D::INVALID}};
+        case PKV_CACHE_FORMAT_FP8_PER_TOKEN_HEAD: return {{D::F8E4M3FN, D::U8, D::S8}};
+        case PKV_CACHE_FORMAT_INT4_PER_TOKEN_HEAD:
+        case PKV_CACHE_FORMAT_INT2_PER_TOKEN_HEAD: return {{D::U8, D::S8, D::INVALID}};
+        default: return {{D::INVALID, D::INVALID, D::INVALID}};
     }
 }
 
@@ -187,14 +186,13 @@ void cache_strides(const CacheDims &g, int64_t layout, int64_t e, int64_t *block
 
 void check_row(const char *what, const ffi::AnyBuffer &c, const CacheDims &g, int64_t format, int64_t head_size) {
     const FormatInfo info = format_info(format);
-    if (info.bits == 0) return;  // unknown format: pkv_cache_view_check names it
+    if (info.dtypes[0] == ffi::DataType::INVALID) return;  // unknown format: pkv_cache_view_check names it
     bool dtype_ok = false;
     for (ffi::DataType d : info.dtypes) dtype_ok |= d != ffi::DataType::INVALID && d == c.element_type();
     require(dtype_ok, what, " of format ", format_name(format), " must be ", dtype_list(info), ", got ",
             describe(c));
-    require(head_size > 0 && head_size * info.bits % 8 == 0, "head size ", head_size,
-            " is not a whole number of bytes in format ", format_name(format));
-    const int64_t need = head_size * info.bits / 8;
+    // Head sizes the format cannot store (odd INT4, ...) are named by pkv_cache_view_check.
+    const int64_t need = format_row_bytes(pkv_cache_format(format), head_size);
     const int64_t have = g.row * static_cast<int64_t>(ffi::ByteWidth(c.element_type()));
     require(have == need, what, " ", describe(c), ": its head rows hold ", have, " bytes, format ",
             format_name(format), " with head size ", head_size, " stores ", need);
