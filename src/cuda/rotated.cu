@@ -727,7 +727,7 @@ template <int kCodeBytes> struct GatherRow {
 
 // Resolves row u of the launch (u >= total: an inactive row) and issues its loads; counts it
 // when it is out of range.
-template <int D, int kCodeBytes, int kOutBytes>
+template <int kCodeBytes, int kOutBytes>
 __device__ __forceinline__ GatherRow<kCodeBytes> fetch_gather_row(const GatherLaunch &p, int64_t u, uint32_t g) {
     const GatherArgs &a = p.a;
     GatherRow<kCodeBytes> r;
@@ -779,9 +779,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gather_rotated_kernel(
         }
     }
     int64_t base = warp * RPW;
-    GatherRow<kCodeBytes> cur = fetch_gather_row<D, kCodeBytes, kOutBytes>(p, base + grp, g);
+    GatherRow<kCodeBytes> cur = fetch_gather_row<kCodeBytes, kOutBytes>(p, base + grp, g);
     for (; base < total; base += warps * RPW) {
-        const GatherRow<kCodeBytes> next = fetch_gather_row<D, kCodeBytes, kOutBytes>(p, base + warps * RPW + grp, g);
+        const GatherRow<kCodeBytes> next = fetch_gather_row<kCodeBytes, kOutBytes>(p, base + warps * RPW + grp, g);
         float v[E];  // every branch below is uniform over the launch: every lane reaches the shuffles
         if constexpr (Int4) {
             if (original) {
